@@ -1,0 +1,420 @@
+"""RunSpec + preset -> a plain mmengine config, and the run id that names it.
+
+The method part (`_bbox_head`) is the same in every preset; a preset only chooses the data,
+the model's size and the schedule. A config is built with DATA_ROOT as a placeholder: its
+hash is the run id (so paths never change a run's identity), and `materialise` then puts
+the real data root in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config
+
+from . import synth
+
+DATA_ROOT = "${DATA_ROOT}"
+RUN_ID_LENGTH = 12
+
+
+class SpecError(ValueError):
+    """A recipe or option asks for something the suite cannot build."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run trains: method and model, independent of preset, paths and GPUs."""
+
+    model: str = "mask_rcnn"
+    backbone: str = "r50"
+    sampler: str = "rfs"  # "random" | "rfs" (repeat factor sampling)
+    schedule: str = "2x"
+    mitigation: bool = True  # Seesaw's mitigation factor, Eq. 7
+    compensation: bool = True  # Seesaw's compensation factor, Eq. 8
+    p: float = 0.8
+    q: float = 2.0
+    nla: bool = True  # normalized linear activation of the box classifier
+    tau: float = 20.0
+
+    CHOICES = {
+        "model": ("mask_rcnn",),
+        "backbone": ("r50", "r101"),
+        "sampler": ("random", "rfs"),
+        "schedule": ("1x", "2x"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+        for name in ("mitigation", "compensation", "nla"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name} must be true or false, not {getattr(self, name)!r}")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The keys a recipe may set."""
+        return {f.name for f in fields(cls)}
+
+
+def _bbox_head_method(spec: RunSpec, num_classes: int) -> dict:
+    """The part of the box head that is the method: Seesaw loss (with objectness) and NLA.
+
+    mmdet's SeesawLoss applies the mitigation factor only when p > 0 and the compensation
+    factor only when q > 0, so switching a factor off is p = 0 or q = 0. With both off it is
+    softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
+    """
+    head: dict[str, Any] = {
+        "num_classes": num_classes,
+        "loss_cls": {
+            "type": "SeesawLoss",
+            "p": spec.p if spec.mitigation else 0.0,
+            "q": spec.q if spec.compensation else 0.0,
+            "num_classes": num_classes,
+            "loss_weight": 1.0,
+        },
+    }
+    if spec.nla:
+        # mmdet spells the argument "tempearture".
+        head["cls_predictor_cfg"] = {"type": "NormedLinear", "tempearture": spec.tau}
+    return head
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """A CPU-sized stand-in for the paper's setup on the generated dataset (see synth.py).
+
+    Scale, not method: a ResNet-18 of 1/4 width trained from scratch, 128 px images, an
+    iteration-based schedule whose learning-rate steps fall where the paper's 2x schedule
+    puts them (16/24 and 22/24 of the way).
+    """
+
+    name: str = "tiny"
+    synth: synth.SynthSpec = synth.SynthSpec()
+    iters_2x: int = 1200
+    batch_size: int = 8
+    lr: float = 0.02
+    base_channels: int = 16
+    fpn_channels: int = 64
+    threads: int = 2
+
+    def max_iters(self, schedule: str) -> int:
+        """Training iterations for a paper schedule name."""
+        return self.iters_2x if schedule == "2x" else self.iters_2x // 2
+
+    def default_data_root(self, work_dir: Path) -> Path:
+        """Where `seesaw repro` generates this preset's dataset when no data root is given."""
+        return Path(work_dir) / "data" / f"tiny-lvis-seed{self.synth.seed}"
+
+
+TINY = TinyPreset()
+PRESETS = {TINY.name: TINY}
+
+
+def _rfs_threshold(preset: TinyPreset) -> float:
+    # The paper's threshold 1e-3 on LVIS's 100k images oversamples categories seen in fewer
+    # than 100 images (rare and common). The same boundary on the generated train split:
+    return synth.COMMON_MAX_IMAGES / preset.synth.num_train_images
+
+
+def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
+    num_classes = preset.synth.num_categories
+    classes = tuple(
+        f"digit_{d}_{c}" for c in synth.COLOURS for d in range(10)
+    )  # the category order synth.generate writes
+    size = preset.synth.canvas
+    scales = [(s, s) for s in (size - 16, size - 8, size, size + 8, size + 16)]
+    max_iters = preset.max_iters(spec.schedule)
+    norm = {"type": "BN", "requires_grad": True}
+    depth = {"r50": 18, "r101": 34}[spec.backbone]  # tiny stand-ins, deeper for r101
+    widths = [preset.base_channels * 2**i for i in range(4)]
+    fpn = preset.fpn_channels
+    train_dataset: dict[str, Any] = {
+        "type": "LVISV1Dataset",
+        "data_root": DATA_ROOT,
+        "ann_file": "annotations/lvis_v1_train.json",
+        "data_prefix": {"img": ""},
+        "metainfo": {"classes": classes},
+        "filter_cfg": {"filter_empty_gt": True, "min_size": 4},
+        "pipeline": [
+            {"type": "LoadImageFromFile"},
+            {"type": "LoadAnnotations", "with_bbox": True, "with_mask": True},
+            {"type": "RandomChoiceResize", "scales": scales, "keep_ratio": True},
+            # No flip: a mirrored digit is no longer that digit.
+            {"type": "PackDetInputs"},
+        ],
+    }
+    if spec.sampler == "rfs":
+        train_dataset = {
+            "type": "ClassBalancedDataset",
+            "oversample_thr": _rfs_threshold(preset),
+            "dataset": train_dataset,
+        }
+    val_dataset = {
+        "type": "LVISV1Dataset",
+        "data_root": DATA_ROOT,
+        "ann_file": "annotations/lvis_v1_val.json",
+        "data_prefix": {"img": ""},
+        "metainfo": {"classes": classes},
+        "test_mode": True,
+        "pipeline": [
+            {"type": "LoadImageFromFile"},
+            {"type": "Resize", "scale": (size, size), "keep_ratio": True},
+            {"type": "LoadAnnotations", "with_bbox": True, "with_mask": True},
+            {
+                "type": "PackDetInputs",
+                "meta_keys": ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+            },
+        ],
+    }
+    bbox_head = {
+        "type": "Shared2FCBBoxHead",
+        "in_channels": fpn,
+        "fc_out_channels": 256,
+        "roi_feat_size": 7,
+        "bbox_coder": {
+            "type": "DeltaXYWHBBoxCoder",
+            "target_means": [0.0, 0.0, 0.0, 0.0],
+            "target_stds": [0.1, 0.1, 0.2, 0.2],
+        },
+        "reg_class_agnostic": False,
+        "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+        **_bbox_head_method(spec, num_classes),
+    }
+    model = {
+        "type": "MaskRCNN",
+        "data_preprocessor": {
+            "type": "DetDataPreprocessor",
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "bgr_to_rgb": True,
+            "pad_mask": True,
+            "pad_size_divisor": 32,
+        },
+        "backbone": {
+            "type": "ResNet",
+            "depth": depth,
+            "base_channels": preset.base_channels,
+            "num_stages": 4,
+            "out_indices": (0, 1, 2, 3),
+            "frozen_stages": -1,
+            "norm_cfg": norm,
+            "norm_eval": False,
+            "style": "pytorch",
+        },
+        "neck": {"type": "FPN", "in_channels": widths, "out_channels": fpn, "num_outs": 5},
+        "rpn_head": {
+            "type": "RPNHead",
+            "in_channels": fpn,
+            "feat_channels": fpn,
+            "anchor_generator": {
+                "type": "AnchorGenerator",
+                "scales": [4],  # anchors of 16-256 px: the digits are 15-40 px
+                "ratios": [0.5, 1.0, 2.0],
+                "strides": [4, 8, 16, 32, 64],
+            },
+            "bbox_coder": {
+                "type": "DeltaXYWHBBoxCoder",
+                "target_means": [0.0, 0.0, 0.0, 0.0],
+                "target_stds": [1.0, 1.0, 1.0, 1.0],
+            },
+            "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": 1.0},
+            "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+        },
+        "roi_head": {
+            "type": "StandardRoIHead",
+            "bbox_roi_extractor": {
+                "type": "SingleRoIExtractor",
+                "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0},
+                "out_channels": fpn,
+                "featmap_strides": [4, 8, 16, 32],
+            },
+            "bbox_head": bbox_head,
+            "mask_roi_extractor": {
+                "type": "SingleRoIExtractor",
+                "roi_layer": {"type": "RoIAlign", "output_size": 14, "sampling_ratio": 0},
+                "out_channels": fpn,
+                "featmap_strides": [4, 8, 16, 32],
+            },
+            "mask_head": {
+                "type": "FCNMaskHead",
+                "num_convs": 2,
+                "in_channels": fpn,
+                "conv_out_channels": fpn,
+                "num_classes": num_classes,
+                "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
+            },
+        },
+        "train_cfg": {
+            "rpn": {
+                "assigner": {
+                    "type": "MaxIoUAssigner",
+                    "pos_iou_thr": 0.7,
+                    "neg_iou_thr": 0.3,
+                    "min_pos_iou": 0.3,
+                    "match_low_quality": True,
+                    "ignore_iof_thr": -1,
+                },
+                "sampler": {
+                    "type": "RandomSampler",
+                    "num": 64,
+                    "pos_fraction": 0.5,
+                    "neg_pos_ub": -1,
+                    "add_gt_as_proposals": False,
+                },
+                "allowed_border": -1,
+                "pos_weight": -1,
+                "debug": False,
+            },
+            "rpn_proposal": {
+                "nms_pre": 500,
+                "max_per_img": 200,
+                "nms": {"type": "nms", "iou_threshold": 0.7},
+                "min_bbox_size": 0,
+            },
+            "rcnn": {
+                "assigner": {
+                    "type": "MaxIoUAssigner",
+                    "pos_iou_thr": 0.5,
+                    "neg_iou_thr": 0.5,
+                    "min_pos_iou": 0.5,
+                    "match_low_quality": True,
+                    "ignore_iof_thr": -1,
+                },
+                "sampler": {
+                    "type": "RandomSampler",
+                    "num": 128,
+                    "pos_fraction": 0.25,
+                    "neg_pos_ub": -1,
+                    "add_gt_as_proposals": True,
+                },
+                "mask_size": 28,
+                "pos_weight": -1,
+                "debug": False,
+            },
+        },
+        "test_cfg": {
+            "rpn": {
+                "nms_pre": 300,
+                "max_per_img": 100,
+                "nms": {"type": "nms", "iou_threshold": 0.7},
+                "min_bbox_size": 0,
+            },
+            "rcnn": {
+                "score_thr": 1e-3,  # as the paper
+                "nms": {"type": "nms", "iou_threshold": 0.5},
+                "max_per_img": 100,
+                "mask_thr_binary": 0.5,
+            },
+        },
+    }
+    checkpoint_every = max(1, max_iters // 6)
+    return {
+        "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
+        "default_scope": "mmdet",
+        "seesaw": {"preset": preset.name, "spec": asdict(spec), "synth": asdict(preset.synth)},
+        "model": model,
+        "train_dataloader": {
+            "batch_size": preset.batch_size,
+            "num_workers": 0,
+            "persistent_workers": False,
+            "sampler": {"type": "InfiniteSampler", "shuffle": True},
+            "batch_sampler": {"type": "AspectRatioBatchSampler"},
+            "dataset": train_dataset,
+        },
+        "val_dataloader": {
+            "batch_size": 1,
+            "num_workers": 0,
+            "persistent_workers": False,
+            "drop_last": False,
+            "sampler": {"type": "DefaultSampler", "shuffle": False},
+            "dataset": val_dataset,
+        },
+        "val_evaluator": {
+            "type": "LVISMetric",
+            "ann_file": f"{DATA_ROOT}/annotations/lvis_v1_val.json",
+            "metric": ["bbox", "segm"],
+        },
+        "train_cfg": {"type": "IterBasedTrainLoop", "max_iters": max_iters, "val_interval": max_iters},
+        "val_cfg": {"type": "ValLoop"},
+        "optim_wrapper": {
+            "type": "OptimWrapper",
+            "optimizer": {"type": "SGD", "lr": preset.lr, "momentum": 0.9, "weight_decay": 1e-4},
+        },
+        "param_scheduler": [
+            {"type": "LinearLR", "start_factor": 0.001, "by_epoch": False, "begin": 0, "end": 50},
+            {
+                "type": "MultiStepLR",
+                "by_epoch": False,
+                "begin": 0,
+                "end": max_iters,
+                "milestones": [max_iters * 16 // 24, max_iters * 22 // 24],
+                "gamma": 0.1,
+            },
+        ],
+        "default_hooks": {
+            "timer": {"type": "IterTimerHook"},
+            "logger": {"type": "LoggerHook", "interval": 20},
+            "param_scheduler": {"type": "ParamSchedulerHook"},
+            "checkpoint": {
+                "type": "CheckpointHook",
+                "by_epoch": False,
+                "interval": checkpoint_every,
+                "max_keep_ckpts": 1,
+            },
+            "sampler_seed": {"type": "DistSamplerSeedHook"},
+            "visualization": {"type": "DetVisualizationHook"},
+        },
+        "custom_hooks": [{"type": "ProgressFileHook"}, {"type": "MetricsFileHook"}],
+        "env_cfg": {
+            "cudnn_benchmark": False,
+            "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},
+            "dist_cfg": {"backend": "nccl"},
+        },
+        "vis_backends": [{"type": "LocalVisBackend"}],
+        "visualizer": {
+            "type": "DetLocalVisualizer",
+            "vis_backends": [{"type": "LocalVisBackend"}],
+            "name": "visualizer",
+        },
+        "log_processor": {"type": "LogProcessor", "window_size": 20, "by_epoch": False},
+        "log_level": "INFO",
+        "load_from": None,
+        "resume": True,  # picks up the newest checkpoint in work_dir, if any
+        "randomness": {"seed": 0},
+    }
+
+
+def resolve(spec: RunSpec, preset: str) -> dict:
+    """The config of `spec` in `preset`, with DATA_ROOT as a placeholder for the data root."""
+    if preset not in PRESETS:
+        raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    return _tiny_config(spec, PRESETS[preset])
+
+
+def run_id(config: dict) -> str:
+    """The run's identity: a hash of its resolved (placeholder) config's content."""
+    canonical = json.dumps(config, sort_keys=True, default=list)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:RUN_ID_LENGTH]
+
+
+def materialise(config: dict, data_root: Path, work_dir: Path) -> Config:
+    """Put the real data root and work dir into a resolved config."""
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(fill(v) for v in value)
+        if isinstance(value, str):
+            return value.replace(DATA_ROOT, str(Path(data_root).resolve()))
+        return value
+
+    filled = fill(config)
+    filled["work_dir"] = str(Path(work_dir).resolve())
+    return Config(filled)

@@ -1,0 +1,37 @@
+"""One run, in its own process: `python -m seesaw_repro.job RUN_DIR`.
+
+Trains the config in RUN_DIR/config.py with mmengine's Runner, resuming from the newest
+checkpoint there if a previous attempt was killed; the evaluation after the last iteration
+writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+
+def main(run_dir: Path) -> int:
+    """Train and evaluate the run in `run_dir`; returns the process exit code."""
+    threads = os.environ.get("SEESAW_THREADS")
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from . import mmdet_plugin  # noqa: F401  (registers hooks, applies compat fixes)
+
+    cfg = Config.fromfile(str(run_dir / "config.py"))
+    cfg.work_dir = str(run_dir)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    if not (run_dir / "metrics.json").exists():
+        print(f"training finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]).resolve()))

