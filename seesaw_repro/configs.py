@@ -17,12 +17,13 @@ from typing import Any
 from mmengine.config import Config
 
 from . import synth
+from .errors import UserError
 
 DATA_ROOT = "${DATA_ROOT}"
 RUN_ID_LENGTH = 12
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A recipe or option asks for something the suite cannot build."""
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from .errors import UserError
 from .files import write_text_atomic
 
 COLOURS = {
@@ -152,27 +153,28 @@ def _render_split(
             x, y = spot
             glyph = digits[0][rng.choice(by_digit[digit])]
             glyph = cv2.resize(glyph, (size, size), interpolation=cv2.INTER_LINEAR)
+            polys = _polygons((glyph > 127).astype(np.uint8), x, y)
+            if not polys:
+                continue
+            # Box and area come from the polygons as every LVIS reader rasterises them.
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, spec.canvas, spec.canvas))
+            area = float(mask_utils.area(rle))
+            if area < 4:
+                continue
             alpha = (glyph.astype(np.float32) / 255.0)[..., None]
             region = canvas[y : y + size, x : x + size].astype(np.float32)
             paint = np.array(COLOURS[colour], np.float32) * rng.uniform(0.8, 1.0)
             canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(
                 np.uint8
             )
-            mask = (glyph > 127).astype(np.uint8)
-            polys = _polygons(mask, x, y)
-            ys, xs = np.nonzero(mask)
-            if not polys or len(xs) == 0:
-                continue
-            x0, y0 = float(xs.min() + x), float(ys.min() + y)
-            w, h = float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)
             boxes.append((x, y, size, size))
             annotations.append(
                 {
                     "id": ann_id,
                     "image_id": image_id,
                     "category_id": cat + 1,
-                    "bbox": [x0, y0, w, h],
-                    "area": _polygon_area(polys, spec.canvas),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": area,
                     "segmentation": polys,
                 }
             )
@@ -191,11 +193,6 @@ def _render_split(
             }
         )
     return images, annotations
-
-
-def _polygon_area(polys: list[list[float]], canvas: int) -> float:
-    rles = mask_utils.frPyObjects(polys, canvas, canvas)
-    return float(mask_utils.area(mask_utils.merge(rles)))
 
 
 def _categories(train_anns: list[dict], spec: SynthSpec) -> list[dict]:
@@ -284,3 +281,29 @@ def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
                 "categories": categories}
         write_text_atomic(paths[split], json.dumps(data))
     return paths
+
+
+def check(root: Path, spec: SynthSpec) -> None:
+    """Raise a UserError unless `root` holds the complete dataset that `spec` generates."""
+    root = Path(root)
+    fix = f"generate it with `seesaw data synth --out {root}`, or leave out --data-root"
+    if not root.is_dir():
+        raise UserError(f"data root {root} does not exist; {fix}")
+    for path in annotation_paths(root).values():
+        if not path.exists():
+            raise UserError(f"data root {root} has no {path.relative_to(root)}; {fix}")
+    found = json.loads(annotation_paths(root)["val"].read_text()).get("info", {}).get("synth")
+    wanted = json.loads(json.dumps(asdict(spec)))
+    if found != wanted:
+        raise UserError(
+            f"data root {root} was generated with {found}, but the preset needs {wanted}; "
+            "point --data-root at another folder or leave it out"
+        )
+
+
+def ensure(root: Path, spec: SynthSpec) -> Path:
+    """Generate the dataset under `root` unless it is already there; returns `root`."""
+    if not annotation_paths(root)["val"].exists():
+        generate(root, spec)
+    check(root, spec)
+    return root

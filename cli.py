@@ -1,0 +1,137 @@
+"""The `seesaw` command: reproduce the tables of "Seesaw Loss for Long-Tailed Instance
+Segmentation" (Wang et al., CVPR 2021) with mmdetection, and compare with the paper."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from seesaw_repro.errors import UserError
+
+app = typer.Typer(
+    help=__doc__ + "\n\nStart with: seesaw repro table2  (the tiny preset runs on a CPU in minutes).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: generate the tiny preset's long-tailed LVIS-format data.")
+app.add_typer(data_app, name="data", no_args_is_help=True)
+console = Console(stderr=True)
+
+WORK_DIR = typer.Option(
+    Path("seesaw-work"),
+    "--work-dir",
+    envvar="SEESAW_WORK_DIR",
+    help="Where runs (one folder per distinct config) and generated data are kept.",
+)
+PRESET = typer.Option(
+    "tiny",
+    "--preset",
+    help="Scale of the experiments: 'tiny' = generated data and a small model, runs on a CPU.",
+)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a UserError into one line on stderr and exit code 2, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except UserError as err:
+            console.print(f"[red]error:[/] {err}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _data_root(preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
+    from seesaw_repro import configs, synth
+
+    preset = configs.PRESETS[preset_name]
+    if data_root is not None:
+        synth.check(data_root, preset.synth)
+        return data_root
+    root = preset.default_data_root(work_dir)
+    with console.status(f"Generating the tiny dataset in {root} ..."):
+        return synth.ensure(root, preset.synth)
+
+
+@app.command()
+@user_errors
+def repro(
+    table: str = typer.Argument(..., help="The paper table to reproduce, e.g. table2."),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Dataset root. Tiny preset: generated under --work-dir when left out.",
+    ),
+    jobs: int = typer.Option(
+        1, "--jobs", min=1, help="Runs trained at once; the CPU cores are shared among them."
+    ),
+) -> None:
+    """Train and evaluate every run a table needs; runs already done are skipped, killed
+    runs resume from their last checkpoint. Then print the table beside the paper's."""
+    from seesaw_repro import configs, executors, recipes, report, runs
+
+    spec_table = recipes.load_table(table)
+    if preset not in configs.PRESETS:
+        raise UserError(f"unknown preset {preset!r}; known presets: {', '.join(configs.PRESETS)}")
+    planned = runs.plan(spec_table, preset)
+    root = _data_root(preset, data_root, work_dir)
+    console.print(
+        f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
+        f"preset {preset}, work dir {work_dir}"
+    )
+    states = executors.run_local(planned, work_dir, root, jobs=jobs, console=console)
+    report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
+    failed = [rid for rid, state in states.items() if state != "done"]
+    if failed:
+        console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    table: str = typer.Argument(..., help="The paper table to show, e.g. table2."),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+) -> None:
+    """Print a table as the paper lays it out, each cell "reproduced (paper, delta)".
+    Runs not finished yet are marked with their state."""
+    from seesaw_repro import configs, recipes, report
+
+    spec_table = recipes.load_table(table)
+    if preset not in configs.PRESETS:
+        raise UserError(f"unknown preset {preset!r}; known presets: {', '.join(configs.PRESETS)}")
+    report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataset into."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Generate a long-tailed instance-segmentation dataset in LVIS v1 format from real MNIST
+    digits: images in train2017/ and val2017/, annotations/lvis_v1_{train,val}.json."""
+    from dataclasses import replace
+
+    from seesaw_repro import configs, synth
+
+    spec = replace(configs.TINY.synth, seed=seed)
+    with console.status(f"Generating {spec.num_train_images} + {spec.num_val_images} images ..."):
+        paths = synth.generate(out, spec)
+    console.print(f"wrote {paths['train']} and {paths['val']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,130 @@
+"""The local executor: each run in its own process, `jobs` at a time, with a progress display.
+
+A run whose metrics.json exists is skipped. A run that was killed (Ctrl-C, preemption, a
+crash) keeps its checkpoints, and the next `seesaw repro` resumes it from the newest one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .runs import PlannedRun, RunDir
+
+
+@dataclass
+class _Active:
+    run: PlannedRun
+    run_dir: RunDir
+    process: subprocess.Popen
+    task: TaskID
+    log: object
+
+
+def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, object]:
+    env = {**os.environ, "SEESAW_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    log = open(run_dir.log_file, "a")  # noqa: SIM115  (closed when the process ends)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    return process, log
+
+
+def run_local(
+    runs: list[PlannedRun],
+    work_dir: Path,
+    data_root: Path,
+    jobs: int = 1,
+    console: Console | None = None,
+) -> dict[str, str]:
+    """Train and evaluate every run not yet done; returns run id -> final state."""
+    console = console or Console(stderr=True)
+    states: dict[str, str] = {}
+    pending: list[tuple[PlannedRun, RunDir]] = []
+    for run in runs:
+        run_dir = RunDir(work_dir, run.run_id)
+        if run_dir.is_done():
+            states[run.run_id] = "done"
+            console.print(f"[green]done[/] {run.run_id} ({', '.join(run.rows)}): already finished, skipped")
+            continue
+        run_dir.prepare(run, data_root)
+        run_dir.set_status("queued")
+        pending.append((run, run_dir))
+    if not pending:
+        return states
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    active: list[_Active] = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task(f"{len(pending)} run(s) to train", total=len(pending))
+        try:
+            while pending or active:
+                while pending and len(active) < jobs:
+                    run, run_dir = pending.pop(0)
+                    process, log = _launch(run_dir, threads)
+                    run_dir.set_status(
+                        "running", pid=process.pid, started=time.time(), log=str(run_dir.log_file)
+                    )
+                    total = run.config["train_cfg"]["max_iters"]
+                    task = progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
+                    active.append(_Active(run, run_dir, process, task, log))
+                time.sleep(0.5)
+                for item in list(active):
+                    info = item.run_dir.progress()
+                    if info:
+                        phase = " (evaluating)" if info["phase"] == "eval" else ""
+                        progress.update(
+                            item.task,
+                            completed=info["iter"],
+                            description=f"{item.run.run_id} {item.run.rows[0]}{phase}",
+                        )
+                    code = item.process.poll()
+                    if code is None:
+                        continue
+                    item.log.close()
+                    active.remove(item)
+                    state = "done" if code == 0 and item.run_dir.is_done() else "failed"
+                    item.run_dir.set_status(state, returncode=code, ended=time.time())
+                    states[item.run.run_id] = state
+                    progress.update(overall, advance=1)
+                    if state == "failed":
+                        console.print(
+                            f"[red]failed[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
+                            f"exit code {code}; see {item.run_dir.log_file}"
+                        )
+        except KeyboardInterrupt:
+            for item in active:
+                item.process.terminate()
+            for item in active:
+                item.process.wait()
+                item.log.close()
+                item.run_dir.set_status("cancelled", ended=time.time())
+                states[item.run.run_id] = "cancelled"
+            raise
+    return states

@@ -1,0 +1,111 @@
+"""Recipes: what each table of the paper runs, read from recipes/tableNN.toml.
+
+A recipe has table-wide `defaults` and `rows`; each row names only what differs from the
+defaults. Every key must be a RunSpec field, so a typo is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .configs import RunSpec, SpecError
+from .errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPE_DIR = REPO_ROOT / "recipes"
+PAPER_DIR = REPO_ROOT / "results" / "paper"
+ROW_META_KEYS = {"key"}
+
+
+class RecipeError(UserError):
+    """A recipe file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a paper table: its key (as in results/paper) and what it runs."""
+
+    key: str
+    spec: RunSpec
+
+
+@dataclass(frozen=True)
+class Table:
+    """A paper table: its rows and how the report lays it out."""
+
+    name: str  # "table02"
+    title: str
+    caption: str
+    columns: list[str]  # descriptive columns copied from the paper's CSV
+    rows: list[Row]
+
+    @property
+    def paper_csv(self) -> Path:
+        """The paper's numbers for this table."""
+        return PAPER_DIR / f"{self.name}.csv"
+
+
+def known_tables(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    """Names of the tables that have a recipe, e.g. ["table02"]."""
+    return sorted(p.stem for p in recipe_dir.glob("table*.toml"))
+
+
+def table_name(name: str) -> str:
+    """Normalise "table2", "table02", "Table 2" or "2" to the recipe name "table02"."""
+    match = re.fullmatch(r"(?:table)?\s*0*(\d+)", name.strip().lower())
+    if not match:
+        raise RecipeError(f"{name!r} is not a table name; write it as table2 (or 2)")
+    return f"table{int(match.group(1)):02d}"
+
+
+def load_table(name: str, recipe_dir: Path = RECIPE_DIR) -> Table:
+    """Read and check the recipe of one table."""
+    stem = table_name(name)
+    path = recipe_dir / f"{stem}.toml"
+    if not path.exists():
+        known = ", ".join(t.replace("table0", "table") for t in known_tables(recipe_dir))
+        raise RecipeError(f"no recipe for {name!r} ({path} is missing); tables with a recipe: {known}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML ({err})") from err
+    for key in ("title", "rows"):
+        if key not in data:
+            raise RecipeError(f"{path}: missing top-level key {key!r}")
+    allowed = RunSpec.field_names()
+    defaults = data.get("defaults", {})
+    _check_keys(path, "[defaults]", defaults, allowed)
+    rows, seen = [], set()
+    for index, row in enumerate(data["rows"], start=1):
+        where = f"row {index}"
+        if "key" not in row:
+            raise RecipeError(f"{path}: {where} has no 'key'")
+        if row["key"] in seen:
+            raise RecipeError(f"{path}: {where} repeats key {row['key']!r}")
+        seen.add(row["key"])
+        settings = {k: v for k, v in row.items() if k not in ROW_META_KEYS}
+        _check_keys(path, f"{where} ({row['key']})", settings, allowed)
+        try:
+            spec = RunSpec(**{**defaults, **settings})
+        except SpecError as err:
+            raise RecipeError(f"{path}: {where} ({row['key']}): {err}") from err
+        rows.append(Row(key=row["key"], spec=spec))
+    return Table(
+        name=stem,
+        title=data["title"],
+        caption=data.get("caption", ""),
+        columns=list(data.get("columns", [])),
+        rows=rows,
+    )
+
+
+def _check_keys(path: Path, where: str, settings: dict, allowed: set[str]) -> None:
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise RecipeError(
+            f"{path}: {where} sets unknown key(s) {', '.join(unknown)}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )

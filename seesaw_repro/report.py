@@ -1,0 +1,85 @@
+"""A paper table beside its reproduction: each cell "reproduced (paper, delta)"."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from . import configs
+from .recipes import RecipeError, Table
+from .runs import RunDir
+
+METRICS = ["AP", "AP_r", "AP_c", "AP_f", "AP_box"]
+HEADERS = {"AP": "AP", "AP_r": "AP_r", "AP_c": "AP_c", "AP_f": "AP_f", "AP_box": "AP^box"}
+
+
+def paper_numbers(table: Table) -> pd.DataFrame:
+    """The paper's numbers for a table, indexed by row key; unreadable cells are NaN."""
+    if not table.paper_csv.exists():
+        raise RecipeError(f"the paper's numbers for {table.name} are missing: {table.paper_csv}")
+    frame = pd.read_csv(table.paper_csv, dtype=str, keep_default_na=False).set_index("row")
+    for metric in METRICS:
+        frame[metric] = pd.to_numeric(frame[metric].replace("", math.nan))
+    return frame
+
+
+def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
+    """One row per table row: run id, state, and per metric the paper, reproduced, delta."""
+    paper = paper_numbers(table)
+    records = []
+    for row in table.rows:
+        rid = configs.run_id(configs.resolve(row.spec, preset))
+        run_dir = RunDir(work_dir, rid)
+        measured = run_dir.metrics() or {}
+        record = {"row": row.key, "run_id": rid, "state": run_dir.status()["state"]}
+        record.update({col: paper.at[row.key, col] for col in table.columns})
+        for metric in METRICS:
+            ours = measured.get(metric, math.nan)
+            theirs = paper.at[row.key, metric] if row.key in paper.index else math.nan
+            record[f"{metric}_paper"] = theirs
+            record[f"{metric}_repro"] = ours
+            record[f"{metric}_delta"] = ours - theirs
+        record["note"] = paper.at[row.key, "note"] if "note" in paper.columns else ""
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _cell(ours: float, theirs: float, delta: float, state: str) -> str:
+    paper = "n/a" if math.isnan(theirs) else f"{theirs:.1f}"
+    if math.isnan(ours):
+        return f"[dim]{state} ({paper})[/]"
+    if math.isnan(delta):
+        return f"{ours:.1f} ({paper})"
+    colour = "green" if delta >= 0 else "red"
+    return f"{ours:.1f} ({paper}, [{colour}]{delta:+.1f}[/])"
+
+
+def render(table: Table, frame: pd.DataFrame, preset: str, console: Console) -> None:
+    """Print the comparison as a rich table, with footnotes for missing and tiny numbers."""
+    out = RichTable(title=table.title, caption=table.caption, show_lines=False)
+    for col in table.columns:
+        out.add_column(col, justify="center")
+    for metric in METRICS:
+        out.add_column(HEADERS[metric], justify="right")
+    out.add_column("run", style="dim")
+    for rec in frame.to_dict("records"):
+        cells = [rec[col] for col in table.columns]
+        cells += [
+            _cell(rec[f"{m}_repro"], rec[f"{m}_paper"], rec[f"{m}_delta"], rec["state"])
+            for m in METRICS
+        ]
+        out.add_row(*cells, f"{rec['run_id']} {rec['state']}")
+    console.print(out)
+    console.print("Cells: reproduced (paper, reproduced - paper); n/a: not readable in the paper.")
+    for rec in frame.to_dict("records"):
+        if rec["note"]:
+            console.print(f"[dim]Note on row {rec['row']}: {rec['note']}[/]")
+    if preset != "paper":
+        console.print(
+            f"[yellow]Preset {preset!r}: generated data and a small model trained from scratch on "
+            "CPU; it checks the pipeline and the direction of effects, not the paper's values.[/]"
+        )

@@ -1,0 +1,103 @@
+"""Run directories: one per distinct config, named by its run id, holding all its state.
+
+    <work>/runs/<run_id>/
+        config.py       the materialised mmengine config (trainable with mmdet's tools/train.py)
+        run.json        run id, preset, spec, and the table rows that use this run
+        status.json     state (queued, running, done, failed, cancelled), times, exit code
+        train.log       the job's stdout and stderr, appended across attempts
+        progress.json   iteration counter, written by hooks.ProgressFileHook
+        metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done"
+        iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import configs
+from .files import read_json, write_json_atomic, write_text_atomic
+from .hooks import METRICS_FILE, PROGRESS_FILE
+from .recipes import Table
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A distinct run a table needs, with the table rows it stands for."""
+
+    run_id: str
+    preset: str
+    spec: configs.RunSpec
+    config: dict  # resolved, with the DATA_ROOT placeholder
+    rows: tuple[str, ...]
+
+
+def plan(table: Table, preset: str) -> list[PlannedRun]:
+    """The distinct runs behind a table's rows, in row order; equal configs are one run."""
+    by_id: dict[str, PlannedRun] = {}
+    for row in table.rows:
+        config = configs.resolve(row.spec, preset)
+        rid = configs.run_id(config)
+        label = f"{table.name}:{row.key}"
+        if rid in by_id:
+            old = by_id[rid]
+            by_id[rid] = PlannedRun(rid, preset, old.spec, old.config, (*old.rows, label))
+        else:
+            by_id[rid] = PlannedRun(rid, preset, row.spec, config, (label,))
+    return list(by_id.values())
+
+
+class RunDir:
+    """The on-disk state of one run."""
+
+    def __init__(self, work_dir: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.path = Path(work_dir) / "runs" / run_id
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.py"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "train.log"
+
+    def metrics(self) -> dict | None:
+        """The evaluation's metrics (percent), or None when the run is not done."""
+        data = read_json(self.path / METRICS_FILE)
+        return data["metrics"] if data else None
+
+    def is_done(self) -> bool:
+        return (self.path / METRICS_FILE).exists()
+
+    def progress(self) -> dict | None:
+        return read_json(self.path / PROGRESS_FILE)
+
+    def status(self) -> dict:
+        """The recorded status; "done" whenever metrics exist, "planned" when nothing ran."""
+        if self.is_done():
+            return {**(read_json(self.path / "status.json") or {}), "state": "done"}
+        return read_json(self.path / "status.json") or {"state": "planned"}
+
+    def set_status(self, state: str, **fields: object) -> None:
+        """Record a state change, keeping the fields recorded before."""
+        assert state in STATES, state
+        old = read_json(self.path / "status.json") or {}
+        write_json_atomic(
+            self.path / "status.json",
+            {**old, **fields, "state": state, "host": socket.gethostname(), "updated": time.time()},
+        )
+
+    def prepare(self, run: PlannedRun, data_root: Path) -> None:
+        """Write the run's config and description (before it is queued)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        cfg = configs.materialise(run.config, data_root, self.path)
+        write_text_atomic(self.config_file, cfg.pretty_text)
+        write_json_atomic(
+            self.path / "run.json",
+            {"run_id": run.run_id, "preset": run.preset, "spec": asdict(run.spec), "rows": run.rows},
+        )

@@ -1,0 +1,38 @@
+import dataclasses
+
+import pytest
+
+from seesaw_repro import configs, synth
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """The tiny preset's dataset, generated once for the whole session."""
+    root = tmp_path_factory.mktemp("tiny-lvis")
+    synth.generate(root, configs.TINY.synth)
+    return root
+
+
+@pytest.fixture(scope="session")
+def quick_preset():
+    """The tiny preset with a short schedule and a small val split, for pipeline tests."""
+    return dataclasses.replace(
+        configs.TINY,
+        name="quick",
+        iters_2x=12,
+        batch_size=2,
+        synth=dataclasses.replace(configs.TINY.synth, num_val_images=30),
+    )
+
+
+@pytest.fixture(scope="session")
+def quick_data(tmp_path_factory, quick_preset):
+    root = tmp_path_factory.mktemp("quick-lvis")
+    synth.generate(root, quick_preset.synth)
+    return root
+
+
+@pytest.fixture
+def with_quick_preset(monkeypatch, quick_preset):
+    monkeypatch.setitem(configs.PRESETS, quick_preset.name, quick_preset)
+    return quick_preset

@@ -1,0 +1,113 @@
+import hashlib
+import json
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import pytest
+from lvis import LVIS
+
+from seesaw_repro import configs, synth
+from seesaw_repro.errors import UserError
+
+
+def _load(root, split):
+    return json.loads(synth.annotation_paths(root)[split].read_text())
+
+
+def test_frequency_groups_follow_lvis_image_count_thresholds(tiny_data):
+    train = _load(tiny_data, "train")
+    images_per_cat = defaultdict(set)
+    instances_per_cat = Counter()
+    for ann in train["annotations"]:
+        images_per_cat[ann["category_id"]].add(ann["image_id"])
+        instances_per_cat[ann["category_id"]] += 1
+    for cat in train["categories"]:
+        image_count = len(images_per_cat[cat["id"]])
+        assert cat["image_count"] == image_count
+        assert cat["instance_count"] == instances_per_cat[cat["id"]]
+        expected = "r" if image_count <= 10 else "c" if image_count <= 100 else "f"
+        assert cat["frequency"] == expected, cat
+    groups = Counter(cat["frequency"] for cat in train["categories"])
+    assert set(groups) == {"r", "c", "f"}
+    assert min(groups.values()) >= 5
+
+
+def test_head_to_tail_instance_ratio_is_at_least_100(tiny_data):
+    counts = [cat["instance_count"] for cat in _load(tiny_data, "train")["categories"]]
+    assert min(counts) >= 1
+    assert max(counts) / min(counts) >= 100
+
+
+def test_val_covers_every_category_and_uses_train_counts(tiny_data):
+    train, val = _load(tiny_data, "train"), _load(tiny_data, "val")
+    assert val["categories"] == train["categories"]
+    assert {a["category_id"] for a in val["annotations"]} == {c["id"] for c in val["categories"]}
+    assert not {a["image_id"] for a in val["annotations"]} & {i["id"] for i in train["images"]}
+
+
+def test_negative_categories_are_exactly_the_absent_ones(tiny_data):
+    val = _load(tiny_data, "val")
+    present = defaultdict(set)
+    for ann in val["annotations"]:
+        present[ann["image_id"]].add(ann["category_id"])
+    all_ids = {c["id"] for c in val["categories"]}
+    for img in val["images"]:
+        assert set(img["neg_category_ids"]) == all_ids - present[img["id"]]
+        assert img["not_exhaustive_category_ids"] == []
+
+
+def test_loads_in_lvis_api_and_masks_match_boxes(tiny_data):
+    lvis = LVIS(str(synth.annotation_paths(tiny_data)["val"]))
+    ann = lvis.load_anns(lvis.get_ann_ids(img_ids=[lvis.get_img_ids()[0]]))[0]
+    mask = lvis.ann_to_mask(ann)
+    ys, xs = mask.nonzero()
+    x, y, w, h = ann["bbox"]
+    assert mask.sum() > 20
+    assert (xs.min(), ys.min()) == (x, y)
+    assert (xs.max() + 1, ys.max() + 1) == (x + w, y + h)
+    assert ann["area"] == mask.sum()
+
+
+def test_loads_in_mmdet_lvis_v1_dataset(tiny_data):
+    from mmdet.datasets import LVISV1Dataset
+
+    dataset = LVISV1Dataset(
+        data_root=str(tiny_data),
+        ann_file="annotations/lvis_v1_train.json",
+        data_prefix={"img": ""},
+        pipeline=[],
+    )
+    assert len(dataset) == configs.TINY.synth.num_train_images
+    item = dataset[0]
+    assert item["img_path"].startswith(str(tiny_data / "train2017"))
+    assert (tiny_data / "train2017" / item["img_path"].split("/")[-1]).exists()
+    labels = {inst["bbox_label"] for inst in item["instances"]}
+    assert labels <= set(range(configs.TINY.synth.num_categories))
+
+
+def _digest(root):
+    sha = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        sha.update(path.relative_to(root).as_posix().encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+def test_same_seed_same_files_other_seed_other_files(tmp_path):
+    small = replace(configs.TINY.synth, num_train_images=320, num_val_images=20)
+    synth.generate(tmp_path / "a", small)
+    synth.generate(tmp_path / "b", small)
+    synth.generate(tmp_path / "c", replace(small, seed=1))
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_check_names_what_is_missing(tmp_path, tiny_data):
+    with pytest.raises(UserError, match="does not exist"):
+        synth.check(tmp_path / "nowhere", configs.TINY.synth)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="lvis_v1_train.json"):
+        synth.check(tmp_path / "empty", configs.TINY.synth)
+    with pytest.raises(UserError, match="generated with"):
+        synth.check(tiny_data, replace(configs.TINY.synth, seed=7))
+    synth.check(tiny_data, configs.TINY.synth)
