@@ -14,7 +14,8 @@ from rich.console import Console
 from seesaw_repro.errors import UserError
 
 app = typer.Typer(
-    help=__doc__ + "\n\nStart with: seesaw repro table2  (the tiny preset runs on a CPU in minutes).",
+    help=__doc__
+    + "\n\nStart with: seesaw repro table2  (the tiny preset runs on a CPU in minutes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

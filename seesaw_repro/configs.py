@@ -318,7 +318,8 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
     return {
         "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
         "default_scope": "mmdet",
-        "seesaw": {"preset": preset.name, "spec": asdict(spec), "synth": asdict(preset.synth)},
+        # Part of the run id: the same method on other data is another run.
+        "seesaw": {"preset": preset.name, "synth": asdict(preset.synth)},
         "model": model,
         "train_dataloader": {
             "batch_size": preset.batch_size,
@@ -341,7 +342,11 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
             "ann_file": f"{DATA_ROOT}/annotations/lvis_v1_val.json",
             "metric": ["bbox", "segm"],
         },
-        "train_cfg": {"type": "IterBasedTrainLoop", "max_iters": max_iters, "val_interval": max_iters},
+        "train_cfg": {
+            "type": "IterBasedTrainLoop",
+            "max_iters": max_iters,
+            "val_interval": max_iters,
+        },
         "val_cfg": {"type": "ValLoop"},
         "optim_wrapper": {
             "type": "OptimWrapper",
@@ -366,7 +371,9 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
                 "type": "CheckpointHook",
                 "by_epoch": False,
                 "interval": checkpoint_every,
-                "max_keep_ckpts": 1,
+                # mmengine deletes the oldest checkpoint *before* writing the next one; with two
+                # kept, a kill during a write still leaves the previous one to resume from.
+                "max_keep_ckpts": 2,
             },
             "sampler_seed": {"type": "DistSamplerSeedHook"},
             "visualization": {"type": "DetVisualizationHook"},

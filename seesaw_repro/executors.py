@@ -64,7 +64,9 @@ def run_local(
         run_dir = RunDir(work_dir, run.run_id)
         if run_dir.is_done():
             states[run.run_id] = "done"
-            console.print(f"[green]done[/] {run.run_id} ({', '.join(run.rows)}): already finished, skipped")
+            console.print(
+                f"[green]done[/] {run.run_id} ({', '.join(run.rows)}): already finished, skipped"
+            )
             continue
         run_dir.prepare(run, data_root)
         run_dir.set_status("queued")

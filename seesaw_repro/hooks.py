@@ -83,9 +83,14 @@ class MetricsFileHook(Hook):
     priority = "VERY_LOW"
 
     def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
-        if runner.iter < runner.max_iters or not metrics:
+        if runner.iter < runner.max_iters:
             return
-        write_json_atomic(
-            Path(runner.work_dir) / METRICS_FILE,
-            {"split": "val", "iter": runner.iter, "metrics": paper_metrics(metrics)},
-        )
+        record: dict = {"split": "val", "iter": runner.iter}
+        if metrics:
+            record["metrics"] = paper_metrics(metrics)
+        else:
+            # mmdet's LVISMetric reports nothing when no detection passed the score threshold;
+            # the AP of every category with ground truth is then 0.
+            record["metrics"] = dict.fromkeys(LVIS_METRICS.values(), 0.0)
+            record["note"] = "no detection above the score threshold"
+        write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)

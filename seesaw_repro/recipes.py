@@ -48,9 +48,9 @@ class Table:
         return PAPER_DIR / f"{self.name}.csv"
 
 
-def known_tables(recipe_dir: Path = RECIPE_DIR) -> list[str]:
+def known_tables(recipe_dir: Path | None = None) -> list[str]:
     """Names of the tables that have a recipe, e.g. ["table02"]."""
-    return sorted(p.stem for p in recipe_dir.glob("table*.toml"))
+    return sorted(p.stem for p in (recipe_dir or RECIPE_DIR).glob("table*.toml"))
 
 
 def table_name(name: str) -> str:
@@ -61,13 +61,16 @@ def table_name(name: str) -> str:
     return f"table{int(match.group(1)):02d}"
 
 
-def load_table(name: str, recipe_dir: Path = RECIPE_DIR) -> Table:
-    """Read and check the recipe of one table."""
+def load_table(name: str, recipe_dir: Path | None = None) -> Table:
+    """Read and check the recipe of one table (from recipes/ unless `recipe_dir` is given)."""
+    recipe_dir = recipe_dir or RECIPE_DIR
     stem = table_name(name)
     path = recipe_dir / f"{stem}.toml"
     if not path.exists():
-        known = ", ".join(t.replace("table0", "table") for t in known_tables(recipe_dir))
-        raise RecipeError(f"no recipe for {name!r} ({path} is missing); tables with a recipe: {known}")
+        known = ", ".join(f"table{int(t[5:])}" for t in known_tables(recipe_dir))
+        raise RecipeError(
+            f"no recipe for {name!r} ({path} is missing); tables with a recipe: {known}"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:

@@ -1,13 +1,13 @@
 """Run directories: one per distinct config, named by its run id, holding all its state.
 
-    <work>/runs/<run_id>/
-        config.py       the materialised mmengine config (trainable with mmdet's tools/train.py)
-        run.json        run id, preset, spec, and the table rows that use this run
-        status.json     state (queued, running, done, failed, cancelled), times, exit code
-        train.log       the job's stdout and stderr, appended across attempts
-        progress.json   iteration counter, written by hooks.ProgressFileHook
-        metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done"
-        iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
+<work>/runs/<run_id>/
+    config.py       the materialised mmengine config (trainable with mmdet's tools/train.py)
+    run.json        run id, preset, spec, and the table rows that use this run
+    status.json     state (queued, running, done, failed, cancelled), times, exit code
+    train.log       the job's stdout and stderr, appended across attempts
+    progress.json   iteration counter, written by hooks.ProgressFileHook
+    metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done"
+    iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
 """
 
 from __future__ import annotations
@@ -99,5 +99,10 @@ class RunDir:
         write_text_atomic(self.config_file, cfg.pretty_text)
         write_json_atomic(
             self.path / "run.json",
-            {"run_id": run.run_id, "preset": run.preset, "spec": asdict(run.spec), "rows": run.rows},
+            {
+                "run_id": run.run_id,
+                "preset": run.preset,
+                "spec": asdict(run.spec),
+                "rows": run.rows,
+            },
         )

@@ -100,8 +100,10 @@ def _place(
 ) -> tuple[int, int] | None:
     for _ in range(100):
         x, y = (int(v) for v in rng.integers(0, canvas - size + 1, size=2))
-        if all(x + size <= bx or bx + bw <= x or y + size <= by or by + bh <= y
-               for bx, by, bw, bh in boxes):
+        if all(
+            x + size <= bx or bx + bw <= x or y + size <= by or by + bh <= y
+            for bx, by, bw, bh in boxes
+        ):
             return x, y
     return None
 
@@ -277,8 +279,13 @@ def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
     info = {"description": "seesaw-repro generated long-tailed digits", "synth": asdict(spec)}
     for split, images, anns in (("train", train_images, train_anns), ("val", val_images, val_anns)):
         _federated_labels(images, anns, spec.num_categories)
-        data = {"info": info, "licenses": [], "images": images, "annotations": anns,
-                "categories": categories}
+        data = {
+            "info": info,
+            "licenses": [],
+            "images": images,
+            "annotations": anns,
+            "categories": categories,
+        }
         write_text_atomic(paths[split], json.dumps(data))
     return paths
 

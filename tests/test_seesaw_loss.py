@@ -45,9 +45,7 @@ def hand_seesaw_weights(logits, labels, counts, p, q, eps=1e-2):
     return weights
 
 
-@pytest.mark.parametrize(
-    "mitigation,compensation", [(True, True), (True, False), (False, True)]
-)
+@pytest.mark.parametrize("mitigation,compensation", [(True, True), (True, False), (False, True)])
 def test_gradient_on_negative_classes_is_eq5(mitigation, compensation):
     loss_fn, _ = build(mitigation=mitigation, compensation=compensation)
     prior = torch.tensor([500.0, 200, 50, 10, 3, 1, 0])  # cumulative counts, last = background
@@ -61,7 +59,9 @@ def test_gradient_on_negative_classes_is_eq5(mitigation, compensation):
     pos = labels < C
     z = logits.detach()[pos, :C].double()
     lab = labels[pos]
-    s = hand_seesaw_weights(z, lab, counts[:C], 0.8 if mitigation else 0, 2.0 if compensation else 0)
+    s = hand_seesaw_weights(
+        z, lab, counts[:C], 0.8 if mitigation else 0, 2.0 if compensation else 0
+    )
     e = z.exp()
     e_i = e.gather(1, lab[:, None])
     sigma_hat_i = e_i / ((s * e).sum(1, keepdim=True) - s.gather(1, lab[:, None]) * e_i + e_i)
@@ -71,9 +71,7 @@ def test_gradient_on_negative_classes_is_eq5(mitigation, compensation):
     negative[torch.arange(len(lab)), lab] = False
     torch.testing.assert_close(got[negative], expected[negative], rtol=1e-5, atol=1e-7)
     # and on the positive class, sigma_hat_i - 1 (Eq. 4 differentiated)
-    torch.testing.assert_close(
-        got[~negative], (sigma_hat_i[:, 0] - 1), rtol=1e-5, atol=1e-7
-    )
+    torch.testing.assert_close(got[~negative], (sigma_hat_i[:, 0] - 1), rtol=1e-5, atol=1e-7)
     assert counts.tolist() == loss_fn.cum_samples.tolist()
 
 

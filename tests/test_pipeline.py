@@ -1,0 +1,77 @@
+"""Real training and LVIS evaluation of Table 2 rows on the generated data, on CPU."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seesaw_repro.executors import run_local
+from seesaw_repro.recipes import load_table
+from seesaw_repro.report import METRICS, compare
+from seesaw_repro.runs import RunDir, plan
+
+pytestmark = pytest.mark.slow
+
+
+def _runs(preset):
+    return plan(load_table("table2"), preset.name)
+
+
+def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
+    tmp_path, quick_data, with_quick_preset
+):
+    run = _runs(with_quick_preset)[-1]  # MF + CF + NLA
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
+    run_dir = RunDir(tmp_path, run.run_id)
+    metrics = run_dir.metrics()
+    assert sorted(metrics) == sorted(METRICS)
+    assert all(0.0 <= value <= 100.0 for value in metrics.values()), metrics
+    assert run_dir.status()["state"] == "done"
+    assert (run_dir.path / "config.py").exists()
+
+    log_before = run_dir.log_file.stat()
+    metrics_before = (run_dir.path / "metrics.json").stat().st_mtime_ns
+    started = time.monotonic()
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
+    assert time.monotonic() - started < 5
+    assert run_dir.log_file.stat().st_size == log_before.st_size
+    assert (run_dir.path / "metrics.json").stat().st_mtime_ns == metrics_before
+
+    frame = compare(load_table("table2"), with_quick_preset.name, tmp_path)
+    done = frame[frame.run_id == run.run_id].iloc[0]
+    assert done.state == "done" and done.AP_repro == metrics["AP"]
+    assert done.AP_delta == pytest.approx(metrics["AP"] - 26.4)
+    assert set(frame[frame.run_id != run.run_id].state) == {"planned"}
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick_preset):
+    run = _runs(with_quick_preset)[1]  # MF only
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, quick_data)
+    with open(run_dir.log_file, "a") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SEESAW_THREADS": "2"},
+        )
+        deadline = time.monotonic() + 300
+        while not (run_dir.path / "last_checkpoint").exists():
+            assert job.poll() is None, "the job ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+    assert not run_dir.is_done()
+    saved = int(re.search(r"iter_(\d+)\.pth", (run_dir.path / "last_checkpoint").read_text())[1])
+    assert 0 < saved < run.config["train_cfg"]["max_iters"]
+
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
+    log = run_dir.log_file.read_text()
+    resumed = [int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", log)]
+    assert resumed and resumed[-1] >= saved
+    assert sorted(run_dir.metrics()) == sorted(METRICS)
