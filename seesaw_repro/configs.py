@@ -176,7 +176,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
     bbox_head = {
         "type": "Shared2FCBBoxHead",
         "in_channels": fpn,
-        "fc_out_channels": 256,
+        "fc_out_channels": 128,
         "roi_feat_size": 7,
         "bbox_coder": {
             "type": "DeltaXYWHBBoxCoder",
@@ -246,7 +246,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
                 "type": "FCNMaskHead",
                 "num_convs": 2,
                 "in_channels": fpn,
-                "conv_out_channels": fpn,
+                "conv_out_channels": fpn // 2,
                 "num_classes": num_classes,
                 "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
             },
@@ -289,7 +289,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
                 },
                 "sampler": {
                     "type": "RandomSampler",
-                    "num": 128,
+                    "num": 64,  # RoIs per image; the mask head's cost grows with the positives
                     "pos_fraction": 0.25,
                     "neg_pos_ub": -1,
                     "add_gt_as_proposals": True,

