@@ -102,7 +102,6 @@ class TinyPreset:
     lr: float = 0.02
     base_channels: int = 16
     fpn_channels: int = 64
-    threads: int = 2
 
     def max_iters(self, schedule: str) -> int:
         """Training iterations for a paper schedule name."""

@@ -45,16 +45,16 @@ class ProgressFileHook(Hook):
         self._last_write = 0.0
         self._start: tuple[float, int] | None = None
 
-    def _write(self, runner: Runner, phase: str) -> None:
+    def _write(self, runner: Runner, phase: str, iters_done: int) -> None:
         now = time.time()
         if self._start is None:
-            self._start = (now, runner.iter)
-        elapsed, done = now - self._start[0], runner.iter - self._start[1]
+            self._start = (now, iters_done)
+        elapsed, done = now - self._start[0], iters_done - self._start[1]
         write_json_atomic(
             Path(runner.work_dir) / PROGRESS_FILE,
             {
                 "phase": phase,
-                "iter": runner.iter,
+                "iter": iters_done,
                 "max_iters": runner.max_iters,
                 "sec_per_iter": elapsed / done if done else None,
                 "updated": now,
@@ -63,14 +63,16 @@ class ProgressFileHook(Hook):
         self._last_write = now
 
     def before_train(self, runner: Runner) -> None:
-        self._write(runner, "train")
+        self._write(runner, "train", runner.iter)
 
     def after_train_iter(
         self, runner: Runner, batch_idx: int, data_batch: object = None, outputs: object = None
     ) -> None:
-        finished = runner.iter >= runner.max_iters
+        # runner.iter counts the iterations before this one until the loop moves on.
+        iters_done = runner.iter + 1
+        finished = iters_done >= runner.max_iters
         if finished or time.time() - self._last_write >= self.every_seconds:
-            self._write(runner, "eval" if finished else "train")
+            self._write(runner, "eval" if finished else "train", iters_done)
 
 
 @HOOKS.register_module()

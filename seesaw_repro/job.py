@@ -9,20 +9,16 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
 
 def main(run_dir: Path) -> int:
     """Train and evaluate the run in `run_dir`; returns the process exit code."""
-    threads = os.environ.get("SEESAW_THREADS")
-    import torch
-
-    if threads:
-        torch.set_num_threads(int(threads))
-
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-
-    from . import mmdet_plugin  # noqa: F401  (registers hooks, applies compat fixes)
-
+    if "SEESAW_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["SEESAW_THREADS"]))
+    # The config's custom_imports loads seesaw_repro.mmdet_plugin, as in mmdet's tools/train.py.
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
     runner = Runner.from_cfg(cfg)

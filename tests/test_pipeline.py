@@ -31,6 +31,8 @@ def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
     assert sorted(metrics) == sorted(METRICS)
     assert all(0.0 <= value <= 100.0 for value in metrics.values()), metrics
     assert run_dir.status()["state"] == "done"
+    assert run_dir.progress()["iter"] == run.config["train_cfg"]["max_iters"]
+    assert run_dir.progress()["phase"] == "eval"
     assert (run_dir.path / "config.py").exists()
 
     log_before = run_dir.log_file.stat()
