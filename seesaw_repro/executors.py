@@ -7,6 +7,7 @@ crash) keeps its checkpoints, and the next `seesaw repro` resumes it from the ne
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,7 @@ def run_local(
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     active: list[_Active] = []
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -122,12 +124,22 @@ def run_local(
                             f"exit code {code}; see {item.run_dir.log_file}"
                         )
         except KeyboardInterrupt:
+            # The jobs stop; their checkpoints stay, and the next `seesaw repro` resumes them.
             for item in active:
                 item.process.terminate()
             for item in active:
                 item.process.wait()
                 item.log.close()
-                item.run_dir.set_status("cancelled", ended=time.time())
-                states[item.run.run_id] = "cancelled"
+            for run, run_dir in [(item.run, item.run_dir) for item in active] + pending:
+                run_dir.set_status("cancelled", ended=time.time())
+                states[run.run_id] = "cancelled"
+            console.print(f"[yellow]interrupted:[/] {len(active) + len(pending)} run(s) cancelled")
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
     return states
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a scheduler's kill, a preemption) takes the same path as Ctrl-C."""
+    raise KeyboardInterrupt

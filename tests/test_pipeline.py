@@ -1,5 +1,6 @@
 """Real training and LVIS evaluation of Table 2 rows on the generated data, on CPU."""
 
+import json
 import os
 import re
 import signal
@@ -77,3 +78,31 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick
     resumed = [int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", log)]
     assert resumed and resumed[-1] >= saved
     assert sorted(run_dir.metrics()) == sorted(METRICS)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
+    command = [str(os.path.join(os.path.dirname(sys.executable), "seesaw")), "repro", "table2"]
+    repro = subprocess.Popen(
+        [*command, "--work-dir", str(tmp_path), "--jobs", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # a fresh session does not inherit an ignored SIGINT
+    )
+    runs = tmp_path / "runs"
+    deadline = time.monotonic() + 240
+    while len(list(runs.glob("*/progress.json"))) < 2:
+        assert repro.poll() is None, repro.stdout.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    pids = [json.loads(p.read_text()).get("pid") for p in runs.glob("*/status.json")]
+    repro.send_signal(sig)
+    output = repro.communicate(timeout=60)[0]
+    assert repro.returncode != 0
+    assert "Traceback" not in output and "cancelled" in output
+    for pid in filter(None, pids):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    states = [json.loads(p.read_text())["state"] for p in runs.glob("*/status.json")]
+    assert sorted(states) == ["cancelled"] * 6
