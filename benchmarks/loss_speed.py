@@ -1,0 +1,74 @@
+"""Forward + backward time of the suite's Seesaw loss, mmdet's SeesawLoss and plain
+cross-entropy on the same logits (N RoIs, C classes, objectness branch), in one run.
+
+    .venv/bin/python benchmarks/loss_speed.py [--n 1024] [--classes 1203] [--repeats 50]
+"""
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from mmdet.models.losses import SeesawLoss
+
+from seesaw_repro.losses import ReproSeesawLoss
+
+
+def _time(step: Callable[[], object], repeats: int) -> float:
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def main() -> None:
+    """Print the three times in ms, the ratios, and the largest difference in loss and grad."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1024)
+    parser.add_argument("--classes", type=int, default=1203)
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args()
+    n, c = args.n, args.classes
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(n, c + 2, generator=gen) * 3).requires_grad_()
+    labels = torch.randint(0, c + 1, (n,), generator=gen)
+    prior = torch.randint(0, 10_000, (c + 1,), generator=gen).float()
+    ours, theirs = ReproSeesawLoss(num_classes=c), SeesawLoss(num_classes=c)
+
+    def run(loss_fn: torch.nn.Module) -> Callable[[], dict]:
+        def step():
+            loss_fn.cum_samples.copy_(prior)
+            logits.grad = None
+            out = loss_fn(logits, labels)
+            sum(out.values()).backward()
+            return out
+
+        return step
+
+    def cross_entropy():
+        logits.grad = None
+        F.cross_entropy(logits[:, : c + 1], labels).backward()
+
+    results = {
+        "ours": _time(run(ours), args.repeats),
+        "mmdet": _time(run(theirs), args.repeats),
+        "cross-entropy": _time(cross_entropy, args.repeats),
+    }
+    value_ours = run(ours)()
+    grad_ours = logits.grad.clone()
+    value_theirs = run(theirs)()
+    diff_value = max(abs(value_ours[k] - value_theirs[k]).item() for k in value_ours)
+    diff_grad = (grad_ours - logits.grad).abs().max().item()
+    print(f"N={n} C={c} threads={torch.get_num_threads()} (forward + backward, ms)")
+    for name, ms in results.items():
+        print(f"  {name:14s} {ms:8.2f} ms")
+    print(f"  mmdet / ours          {results['mmdet'] / results['ours']:.2f}x")
+    print(f"  ours / cross-entropy  {results['ours'] / results['cross-entropy']:.2f}x")
+    print(f"  max |loss diff| {diff_value:.2e}, max |grad diff| {diff_grad:.2e}")
+
+
+if __name__ == "__main__":
+    main()

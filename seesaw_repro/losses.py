@@ -1,0 +1,212 @@
+"""Seesaw loss (Wang et al., CVPR 2021, Sec. 3.2-3.3) with every variant the paper ablates.
+
+Computed in log space: log S_ij = log M_ij + log C_ij is added to the negative logits, so
+the softmax of the shifted logits is Eq. 4's sigma-hat, and no C x C matrix, power or
+per-label Python loop is needed (mmdet's SeesawLoss has all three).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from mmdet.models.losses.accuracy import accuracy
+from mmdet.models.losses.utils import weight_reduce_loss
+from mmdet.registry import MODELS
+from torch import Tensor, nn
+
+COUNT_SOURCES = ("online", "dataset", "checkpoint")
+
+
+def seesaw_log_weights(
+    logits: Tensor, labels: Tensor, counts: Tensor, p: float, q: float, eps: float
+) -> Tensor:
+    """log S_ij (Eq. 6-8) for each sample (row, true class i = label) and class j.
+
+    M_ij = (N_j / N_i)^p when N_i > N_j, else 1 (Eq. 7); counts below 1 count as 1.
+    C_ij = (sigma_j / sigma_i)^q when sigma_j > sigma_i, else 1 (Eq. 8), with sigma_i
+    taken as at least `eps` so that C stays finite (as mmdet does). The weights are
+    constants for the backward pass, as in the paper's Eq. 5. The entry of the true class
+    is 0 (S_ii does not enter Eq. 4).
+    """
+    log_s = logits.new_zeros(logits.shape)
+    if p > 0:
+        log_n = counts.clamp(min=1).log().to(logits.dtype)
+        log_s = log_s + p * (log_n[None, :] - log_n[labels][:, None]).clamp(max=0)
+    if q > 0:
+        log_sigma = F.log_softmax(logits.detach(), dim=1)
+        log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
+        log_s = log_s + q * (log_sigma - log_sigma_i).clamp(min=0)
+    return log_s.scatter(1, labels[:, None], 0.0)
+
+
+@MODELS.register_module()
+class ReproSeesawLoss(nn.Module):
+    """The paper's Seesaw loss for a box classifier, with its ablation switches.
+
+    Args:
+        num_classes: C, the foreground categories.
+        p: exponent of the mitigation factor (Eq. 7); 0 switches it off.
+        q: exponent of the compensation factor (Eq. 8); 0 switches it off.
+        objectness: with it (Sec. 3.3), the classifier has C + 2 outputs: C class logits
+            trained with Seesaw on foreground samples, and 2 objectness logits (foreground,
+            background) trained with cross-entropy on all samples. Without it, background is
+            class C + 1 of one softmax over C + 1 logits, and Seesaw counts it like any class.
+        counts: where the cumulative counts N come from (Table 4): "online" accumulates the
+            labels seen in training; "dataset" fixes them to the train split's instance
+            counts (`ann_file`, an LVIS json); "checkpoint" fixes them to the counts a trained
+            Seesaw run recorded (`checkpoint`, an mmengine checkpoint path).
+        eps: the least sigma_i in the compensation factor.
+
+    Under distributed training each rank adds the label counts of every rank's batch (one
+    all-reduce of C + 1 numbers per step), so the counts and hence the loss agree across
+    ranks and equal what one process would have counted on the whole batch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        p: float = 0.8,
+        q: float = 2.0,
+        objectness: bool = True,
+        counts: str = "online",
+        ann_file: str | None = None,
+        checkpoint: str | None = None,
+        eps: float = 1e-2,
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        if counts not in COUNT_SOURCES:
+            raise ValueError(f"counts must be one of {COUNT_SOURCES}, not {counts!r}")
+        self.num_classes = num_classes
+        self.p, self.q, self.eps = p, q, eps
+        self.objectness = objectness
+        self.counts = counts
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        self.use_sigmoid = False
+        # mmdet's bbox heads ask the loss for the number of outputs, the activation and the
+        # accuracy when these flags are set.
+        self.custom_cls_channels = True
+        self.custom_activation = True
+        self.custom_accuracy = True
+        self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
+        if counts == "dataset":
+            self.cum_samples[:num_classes] = _dataset_counts(ann_file, num_classes)
+        elif counts == "checkpoint":
+            self.cum_samples.copy_(_recorded_counts(checkpoint, num_classes))
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        """Outputs of the classifier: C + 2 with the objectness branch, else C + 1."""
+        return num_classes + (2 if self.objectness else 1)
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        """Scores of the C classes and background; with objectness, class x objectness."""
+        if not self.objectness:
+            return F.softmax(cls_score, dim=-1)
+        classes = F.softmax(cls_score[..., : self.num_classes], dim=-1)
+        objectness = F.softmax(cls_score[..., self.num_classes :], dim=-1)
+        return torch.cat([classes * objectness[..., :1], objectness[..., 1:]], dim=-1)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Accuracy of the class logits on foreground samples (and of objectness)."""
+        if not self.objectness:
+            return {"acc": accuracy(cls_score, labels)}
+        pos = labels < self.num_classes
+        return {
+            "acc_objectness": accuracy(
+                cls_score[:, self.num_classes :], (labels == self.num_classes).long()
+            ),
+            "acc_classes": accuracy(cls_score[pos, : self.num_classes], labels[pos]),
+        }
+
+    def _accumulate(self, labels: Tensor) -> None:
+        if self.counts != "online":
+            return
+        seen = torch.bincount(labels, minlength=self.num_classes + 1).to(self.cum_samples)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(seen)
+        self.cum_samples += seen
+
+    def _seesaw_ce(
+        self,
+        logits: Tensor,
+        labels: Tensor,
+        weight: Tensor,
+        counts: Tensor,
+        avg_factor: float | None,
+        reduction: str,
+    ) -> Tensor:
+        shifted = logits + seesaw_log_weights(logits, labels, counts, self.p, self.q, self.eps)
+        loss = F.cross_entropy(shifted, labels, reduction="none")
+        return weight_reduce_loss(loss, weight, reduction, avg_factor)
+
+    def forward(
+        self,
+        cls_score: Tensor,
+        labels: Tensor,
+        label_weights: Tensor | None = None,
+        avg_factor: float | None = None,
+        reduction_override: str | None = None,
+    ) -> dict[str, Tensor] | Tensor:
+        """The loss on a batch of RoIs; labels in [0, C], C meaning background."""
+        reduction = reduction_override or self.reduction
+        labels = labels.long()
+        weight = (
+            labels.new_ones(labels.shape, dtype=torch.float)
+            if label_weights is None
+            else label_weights.float()
+        )
+        self._accumulate(labels)
+        if not self.objectness:
+            return self.loss_weight * self._seesaw_ce(
+                cls_score, labels, weight, self.cum_samples, avg_factor, reduction
+            )
+        pos = labels < self.num_classes
+        classes = cls_score[:, : self.num_classes]
+        if pos.any():
+            loss_classes = self._seesaw_ce(
+                classes[pos],
+                labels[pos],
+                weight[pos],
+                self.cum_samples[: self.num_classes],
+                avg_factor,
+                reduction,
+            )
+        else:
+            loss_classes = classes[pos].sum()
+        objectness = cls_score[:, self.num_classes :]
+        loss_objectness = weight_reduce_loss(
+            F.cross_entropy(objectness, (labels == self.num_classes).long(), reduction="none"),
+            weight,
+            reduction,
+            avg_factor,
+        )
+        return {
+            "loss_cls_objectness": self.loss_weight * loss_objectness,
+            "loss_cls_classes": self.loss_weight * loss_classes,
+        }
+
+
+def _dataset_counts(ann_file: str | None, num_classes: int) -> Tensor:
+    if not ann_file:
+        raise ValueError("counts='dataset' needs ann_file, the train split's LVIS json")
+    categories = sorted(json.loads(Path(ann_file).read_text())["categories"], key=lambda c: c["id"])
+    if len(categories) != num_classes:
+        raise ValueError(f"{ann_file} has {len(categories)} categories, the loss {num_classes}")
+    return torch.tensor([float(c["instance_count"]) for c in categories])
+
+
+def _recorded_counts(checkpoint: str | None, num_classes: int) -> Tensor:
+    if not checkpoint:
+        raise ValueError("counts='checkpoint' needs checkpoint, a trained Seesaw run's .pth")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    found = [v for k, v in state.items() if k.endswith("loss_cls.cum_samples")]
+    if len(found) != 1 or found[0].numel() != num_classes + 1:
+        raise ValueError(f"{checkpoint} has no Seesaw counts for {num_classes} classes")
+    return found[0].float()
