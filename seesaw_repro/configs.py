@@ -41,6 +41,7 @@ class RunSpec:
     q: float = 2.0
     nla: bool = True  # normalized linear activation of the box classifier
     tau: float = 20.0
+    gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
 
     CHOICES = {
         "model": ("mask_rcnn",),
@@ -53,7 +54,7 @@ class RunSpec:
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
-        for name in ("mitigation", "compensation", "nla"):
+        for name in ("mitigation", "compensation", "nla", "gradient_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
@@ -377,7 +378,11 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
             "sampler_seed": {"type": "DistSamplerSeedHook"},
             "visualization": {"type": "DetVisualizationHook"},
         },
-        "custom_hooks": [{"type": "ProgressFileHook"}, {"type": "MetricsFileHook"}],
+        "custom_hooks": [
+            {"type": "ProgressFileHook"},
+            {"type": "MetricsFileHook"},
+            *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
+        ],
         "env_cfg": {
             "cudnn_benchmark": False,
             "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},

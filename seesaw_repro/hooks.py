@@ -1,12 +1,13 @@
 """mmengine hooks that leave a run's state on disk for the suite to read.
 
-Both write into the runner's work_dir, so a config trained with mmdet's own tools/train.py
+They write into the runner's work_dir, so a config trained with mmdet's own tools/train.py
 leaves the same files as one trained by `seesaw repro`.
 """
 
 import time
 from pathlib import Path
 
+import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
@@ -96,3 +97,79 @@ class MetricsFileHook(Hook):
             record["metrics"] = dict.fromkeys(LVIS_METRICS.values(), 0.0)
             record["note"] = "no detection above the score threshold"
         write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
+
+
+GRADIENT_STATS_FILE = "gradient_stats.json"
+
+
+@HOOKS.register_module()
+class GradientStatsHook(Hook):
+    """Accumulates, per category, |d loss / d z_c| from positive and from negative samples.
+
+    The ratio of the two over a whole training run is the paper's Figure 3 (Appendix B). A
+    forward pre-hook on the `loss_cls` of every box head (three in a cascade) sees the
+    classifier's logits and the RoI labels; a tensor hook on those logits then sees their
+    gradient (scaled by the loss weight, as training sees it). The first C columns are the
+    class logits whatever the loss (Seesaw with or without objectness, cross-entropy, EQL,
+    BAGS): a sample of class i gives a positive
+    gradient on z_i and negative gradients on every other z_j (a background sample only
+    negative ones). The sums travel in the checkpoints, so a resumed run keeps them, and are
+    written to gradient_stats.json when training ends.
+    """
+
+    priority = "LOW"
+
+    def __init__(self) -> None:
+        self.positive: dict[str, torch.Tensor] = {}
+        self.negative: dict[str, torch.Tensor] = {}
+
+    def before_train(self, runner: Runner) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        for name, module in model.named_modules():
+            if name.startswith("roi_head") and hasattr(module, "loss_cls"):
+                watch = self._watch(f"{name}.loss_cls", module.num_classes)
+                module.loss_cls.register_forward_pre_hook(watch)
+
+    def _watch(self, name: str, num_classes: int):
+        def pre_hook(module: torch.nn.Module, args: tuple) -> None:
+            logits, labels = args[0], args[1]
+            if not (torch.is_grad_enabled() and logits.requires_grad):
+                return
+            labels = labels.detach().long()
+
+            def on_grad(grad: torch.Tensor) -> None:
+                magnitude = grad[:, :num_classes].detach().abs().double()
+                fg = labels < num_classes
+                own = magnitude[fg].gather(1, labels[fg, None])[:, 0]
+                positive = torch.zeros(num_classes, dtype=torch.double, device=grad.device)
+                positive.index_add_(0, labels[fg], own)
+                negative = magnitude.sum(0) - positive
+                self.positive[name] = self.positive.get(name, 0) + positive.cpu()
+                self.negative[name] = self.negative.get(name, 0) + negative.cpu()
+
+            logits.register_hook(on_grad)
+
+        return pre_hook
+
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        checkpoint["gradient_stats"] = {"positive": self.positive, "negative": self.negative}
+
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        saved = checkpoint.get("gradient_stats", {})
+        self.positive = dict(saved.get("positive", {}))
+        self.negative = dict(saved.get("negative", {}))
+
+    def after_train(self, runner: Runner) -> None:
+        write_json_atomic(
+            Path(runner.work_dir) / GRADIENT_STATS_FILE,
+            {
+                "iter": runner.iter,
+                "heads": {
+                    name: {
+                        "positive": self.positive[name].tolist(),
+                        "negative": self.negative[name].tolist(),
+                    }
+                    for name in self.positive
+                },
+            },
+        )

@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
+from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.runs import PlannedRun, RunDir, plan
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +54,9 @@ def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick_preset):
-    run = _runs(with_quick_preset)[1]  # MF only
+    spec = replace(load_table("table2").rows[1].spec, gradient_stats=True)  # MF only
+    config = resolve(spec, with_quick_preset.name)
+    run = PlannedRun(run_id(config), with_quick_preset.name, spec, config, ("test:mf",))
     run_dir = RunDir(tmp_path, run.run_id)
     run_dir.prepare(run, quick_data)
     with open(run_dir.log_file, "a") as log:
@@ -78,6 +82,11 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick
     resumed = [int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", log)]
     assert resumed and resumed[-1] >= saved
     assert sorted(run_dir.metrics()) == sorted(METRICS)
+    stats = json.loads((run_dir.path / "gradient_stats.json").read_text())
+    head = stats["heads"]["roi_head.bbox_head.loss_cls"]
+    assert stats["iter"] == run.config["train_cfg"]["max_iters"]
+    assert len(head["positive"]) == len(head["negative"]) == 30
+    assert sum(head["negative"]) > 0 and sum(head["positive"]) > 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
