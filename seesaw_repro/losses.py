@@ -33,15 +33,19 @@ def seesaw_log_weights(
     constants for the backward pass, as in the paper's Eq. 5. The entry of the true class
     is 0 (S_ii does not enter Eq. 4).
     """
-    log_s = logits.new_zeros(logits.shape)
+    z = logits.detach()
     if p > 0:
-        log_n = counts.clamp(min=1).log().to(logits.dtype)
-        log_s = log_s + p * (log_n[None, :] - log_n[labels][:, None]).clamp(max=0)
+        log_n = counts.clamp(min=1).log().to(z.dtype)
+        log_s = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
+    else:
+        log_s = torch.zeros_like(z)
     if q > 0:
-        log_sigma = F.log_softmax(logits.detach(), dim=1)
-        log_sigma_i = log_sigma.gather(1, labels[:, None]).clamp(min=math.log(eps))
-        log_s = log_s + q * (log_sigma - log_sigma_i).clamp(min=0)
-    return log_s.scatter(1, labels[:, None], 0.0)
+        # log sigma_j - log sigma_i = z_j - (logsumexp(z) + log sigma_i): one pass over N x C
+        # instead of a whole log-softmax.
+        lse = torch.logsumexp(z, dim=1, keepdim=True)
+        log_sigma_i = (z.gather(1, labels[:, None]) - lse).clamp_(min=math.log(eps))
+        log_s.add_((z - (lse + log_sigma_i)).clamp_(min=0), alpha=q)
+    return log_s.scatter_(1, labels[:, None], 0.0)
 
 
 @MODELS.register_module()
