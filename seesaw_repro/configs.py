@@ -41,6 +41,7 @@ class RunSpec:
     q: float = 2.0
     nla: bool = True  # normalized linear activation of the box classifier
     tau: float = 20.0
+    norm_mask: bool = False  # Normalized Mask Prediction (Sec. 3.3), same tau as NLA
     gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
 
     CHOICES = {
@@ -54,7 +55,7 @@ class RunSpec:
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
-        for name in ("mitigation", "compensation", "nla", "gradient_stats"):
+        for name in ("mitigation", "compensation", "nla", "norm_mask", "gradient_stats"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
@@ -85,6 +86,14 @@ def _bbox_head_method(spec: RunSpec, num_classes: int) -> dict:
         # mmdet spells the argument "tempearture".
         head["cls_predictor_cfg"] = {"type": "NormedLinear", "tempearture": spec.tau}
     return head
+
+
+def _mask_head_method(spec: RunSpec) -> dict:
+    """Normalized Mask Prediction: the mask head's final 1x1 conv on L2-normalised weights
+    and features, times tau (mmdet's NormedConv2d normalises exactly those)."""
+    if not spec.norm_mask:
+        return {}
+    return {"predictor_cfg": {"type": "NormedConv2d", "tempearture": spec.tau}}
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
                 "conv_out_channels": fpn // 2,
                 "num_classes": num_classes,
                 "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
+                **_mask_head_method(spec),
             },
         },
         "train_cfg": {

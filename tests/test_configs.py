@@ -67,3 +67,18 @@ def test_every_table2_model_builds_and_takes_a_training_step(quick_data):
         assert torch.isfinite(total)
         assert model.roi_head.bbox_head.fc_cls.weight.grad.abs().sum() > 0
         assert model.roi_head.bbox_head.fc_cls.out_features == 30 + 2  # C classes + objectness
+
+
+def test_norm_mask_is_a_normalized_1x1_conv_with_tau(quick_data):
+    config = configs.resolve(configs.RunSpec(norm_mask=True, tau=20.0), "tiny")
+    cfg = configs.materialise(config, quick_data, quick_data / "unused")
+    model = MODELS.build(cfg.model)
+    conv = model.roi_head.mask_head.conv_logits
+    x = torch.randn(2, conv.in_channels, 5, 5)
+    w = torch.nn.functional.normalize(conv.weight[:, :, 0, 0], dim=1)
+    expected = 20.0 * torch.einsum("oc,nchw->nohw", w, torch.nn.functional.normalize(x, dim=1))
+    expected = expected + conv.bias[None, :, None, None]
+    torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
+    plain = configs.resolve(configs.RunSpec(), "tiny")
+    assert "predictor_cfg" not in plain["model"]["roi_head"]["mask_head"]
+    assert configs.run_id(plain) != configs.run_id(config)
