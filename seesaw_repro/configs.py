@@ -39,6 +39,8 @@ class RunSpec:
     compensation: bool = True  # Seesaw's compensation factor, Eq. 8
     p: float = 0.8
     q: float = 2.0
+    objectness: bool = True  # the objectness branch of Sec. 3.3 (Table 8 switches it off)
+    counts: str = "online"  # Seesaw's class counts N (Table 4): "online" or "dataset"
     nla: bool = True  # normalized linear activation of the box classifier
     tau: float = 20.0
     norm_mask: bool = False  # Normalized Mask Prediction (Sec. 3.3), same tau as NLA
@@ -49,13 +51,21 @@ class RunSpec:
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
         "schedule": ("1x", "2x"),
+        "counts": ("online", "dataset"),
     }
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
-        for name in ("mitigation", "compensation", "nla", "norm_mask", "gradient_stats"):
+        for name in (
+            "mitigation",
+            "compensation",
+            "objectness",
+            "nla",
+            "norm_mask",
+            "gradient_stats",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name} must be true or false, not {getattr(self, name)!r}")
 
@@ -66,22 +76,23 @@ class RunSpec:
 
 
 def _bbox_head_method(spec: RunSpec, num_classes: int) -> dict:
-    """The part of the box head that is the method: Seesaw loss (with objectness) and NLA.
+    """The part of the box head that is the method: Seesaw loss and NLA.
 
-    mmdet's SeesawLoss applies the mitigation factor only when p > 0 and the compensation
-    factor only when q > 0, so switching a factor off is p = 0 or q = 0. With both off it is
+    A factor switched off is p = 0 or q = 0; with both off and the objectness branch it is
     softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
     """
-    head: dict[str, Any] = {
+    loss: dict[str, Any] = {
+        "type": "ReproSeesawLoss",
         "num_classes": num_classes,
-        "loss_cls": {
-            "type": "SeesawLoss",
-            "p": spec.p if spec.mitigation else 0.0,
-            "q": spec.q if spec.compensation else 0.0,
-            "num_classes": num_classes,
-            "loss_weight": 1.0,
-        },
+        "p": spec.p if spec.mitigation else 0.0,
+        "q": spec.q if spec.compensation else 0.0,
+        "objectness": spec.objectness,
+        "counts": spec.counts,
+        "loss_weight": 1.0,
     }
+    if spec.counts == "dataset":
+        loss["ann_file"] = f"{DATA_ROOT}/annotations/lvis_v1_train.json"
+    head: dict[str, Any] = {"num_classes": num_classes, "loss_cls": loss}
     if spec.nla:
         # mmdet spells the argument "tempearture".
         head["cls_predictor_cfg"] = {"type": "NormedLinear", "tempearture": spec.tau}

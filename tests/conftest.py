@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from seesaw_repro import configs, synth
+from seesaw_repro import configs, mmdet_plugin, synth  # noqa: F401  (registers losses, hooks)
 
 
 @pytest.fixture(scope="session")

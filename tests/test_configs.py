@@ -82,3 +82,22 @@ def test_norm_mask_is_a_normalized_1x1_conv_with_tau(quick_data):
     plain = configs.resolve(configs.RunSpec(), "tiny")
     assert "predictor_cfg" not in plain["model"]["roi_head"]["mask_head"]
     assert configs.run_id(plain) != configs.run_id(config)
+
+
+def test_no_objectness_and_dataset_counts_build_and_train(quick_data):
+    import json
+
+    spec = configs.RunSpec(objectness=False, counts="dataset")
+    cfg = configs.materialise(configs.resolve(spec, "tiny"), quick_data, quick_data / "unused")
+    model = MODELS.build(cfg.model)
+    head = model.roi_head.bbox_head
+    assert head.fc_cls.out_features == 30 + 1  # C classes + background, one softmax
+    train = json.loads((quick_data / "annotations" / "lvis_v1_train.json").read_text())
+    counts = [c["instance_count"] for c in sorted(train["categories"], key=lambda c: c["id"])]
+    assert head.loss_cls.cum_samples[:30].tolist() == counts
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
+    total, _ = model.parse_losses(model.loss(batch["inputs"], batch["data_samples"]))
+    total.backward()
+    assert torch.isfinite(total)
+    assert head.loss_cls.cum_samples[:30].tolist() == counts  # fixed: not accumulated

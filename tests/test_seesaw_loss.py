@@ -1,4 +1,4 @@
-"""The Seesaw loss as the suite configures it (mmdet's SeesawLoss, built from our config)
+"""The Seesaw loss as the suite configures it (ReproSeesawLoss, built from our config)
 against the paper's formulas, computed by hand here."""
 
 import pytest
