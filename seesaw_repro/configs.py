@@ -32,6 +32,7 @@ class RunSpec:
     """What one run trains: method and model, independent of preset, paths and GPUs."""
 
     model: str = "mask_rcnn"
+    loss: str = "seesaw"  # "seesaw" | "eql" (Equalization Loss)
     backbone: str = "r50"
     sampler: str = "rfs"  # "random" | "rfs" (repeat factor sampling)
     schedule: str = "2x"
@@ -48,6 +49,7 @@ class RunSpec:
 
     CHOICES = {
         "model": ("mask_rcnn",),
+        "loss": ("seesaw", "eql"),
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
         "schedule": ("1x", "2x"),
@@ -75,23 +77,34 @@ class RunSpec:
         return {f.name for f in fields(cls)}
 
 
-def _bbox_head_method(spec: RunSpec, num_classes: int) -> dict:
-    """The part of the box head that is the method: Seesaw loss and NLA.
+def _bbox_head_method(spec: RunSpec, num_classes: int, tail_fraction: float) -> dict:
+    """The part of the box head that is the method: its loss and NLA.
 
-    A factor switched off is p = 0 or q = 0; with both off and the objectness branch it is
-    softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
+    Seesaw: a factor switched off is p = 0 or q = 0; with both off and the objectness branch
+    it is softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
+    EQL: tail classes are those in fewer than `tail_fraction` of the training images.
     """
-    loss: dict[str, Any] = {
-        "type": "ReproSeesawLoss",
-        "num_classes": num_classes,
-        "p": spec.p if spec.mitigation else 0.0,
-        "q": spec.q if spec.compensation else 0.0,
-        "objectness": spec.objectness,
-        "counts": spec.counts,
-        "loss_weight": 1.0,
-    }
-    if spec.counts == "dataset":
-        loss["ann_file"] = f"{DATA_ROOT}/annotations/lvis_v1_train.json"
+    ann_file = f"{DATA_ROOT}/annotations/lvis_v1_train.json"
+    loss: dict[str, Any]
+    if spec.loss == "eql":
+        loss = {
+            "type": "EqualizationLoss",
+            "num_classes": num_classes,
+            "ann_file": ann_file,
+            "lambda_": tail_fraction,
+        }
+    else:
+        loss = {
+            "type": "ReproSeesawLoss",
+            "num_classes": num_classes,
+            "p": spec.p if spec.mitigation else 0.0,
+            "q": spec.q if spec.compensation else 0.0,
+            "objectness": spec.objectness,
+            "counts": spec.counts,
+            "loss_weight": 1.0,
+        }
+        if spec.counts == "dataset":
+            loss["ann_file"] = ann_file
     head: dict[str, Any] = {"num_classes": num_classes, "loss_cls": loss}
     if spec.nla:
         # mmdet spells the argument "tempearture".
@@ -137,9 +150,10 @@ TINY = TinyPreset()
 PRESETS = {TINY.name: TINY}
 
 
-def _rfs_threshold(preset: TinyPreset) -> float:
-    # The paper's threshold 1e-3 on LVIS's 100k images oversamples categories seen in fewer
-    # than 100 images (rare and common). The same boundary on the generated train split:
+def _tail_fraction(preset: TinyPreset) -> float:
+    # RFS's threshold 1e-3 on LVIS v1's 100k training images oversamples the categories seen
+    # in fewer than 100 images (rare and common); EQL's lambda (1.76e-3 on LVIS v0.5's 57k
+    # images) marks the same boundary as tail. On the generated train split that boundary is:
     return synth.COMMON_MAX_IMAGES / preset.synth.num_train_images
 
 
@@ -173,7 +187,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
     if spec.sampler == "rfs":
         train_dataset = {
             "type": "ClassBalancedDataset",
-            "oversample_thr": _rfs_threshold(preset),
+            "oversample_thr": _tail_fraction(preset),
             "dataset": train_dataset,
         }
     val_dataset = {
@@ -205,7 +219,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
         },
         "reg_class_agnostic": False,
         "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
-        **_bbox_head_method(spec, num_classes),
+        **_bbox_head_method(spec, num_classes, _tail_fraction(preset)),
     }
     model = {
         "type": "MaskRCNN",

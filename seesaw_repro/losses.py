@@ -214,3 +214,76 @@ def _recorded_counts(checkpoint: str | None, num_classes: int) -> Tensor:
     if len(found) != 1 or found[0].numel() != num_classes + 1:
         raise ValueError(f"{checkpoint} has no Seesaw counts for {num_classes} classes")
     return found[0].float()
+
+
+@MODELS.register_module()
+class EqualizationLoss(nn.Module):
+    """Equalization Loss (Tan et al., CVPR 2020, Eq. 3-5), a sigmoid loss over C classes.
+
+    L = -sum_j w_j [y_j log p_j + (1 - y_j) log(1 - p_j)], p_j = sigmoid(z_j), with
+    w_j = 1 - E(r) T(f_j) (1 - y_j): for a foreground RoI (E = 1), the negative terms of the
+    tail classes (T = 1 when class j is in a fraction f_j < lambda of the training images)
+    are dropped, so frequent classes stop suppressing them. A background RoI has an all-zero
+    target and keeps every term. Normalised by the number of RoIs, as a mean.
+
+    The classifier has C outputs; the scores are the C sigmoids plus a zero background
+    column, the layout mmdet's box heads expect.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ann_file: str,
+        lambda_: float,
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        self.use_sigmoid = True
+        self.custom_cls_channels = True
+        self.custom_activation = True
+        self.custom_accuracy = True
+        data = json.loads(Path(ann_file).read_text())
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        if len(categories) != num_classes:
+            raise ValueError(f"{ann_file} has {len(categories)} categories, the loss {num_classes}")
+        fraction = torch.tensor([c["image_count"] / len(data["images"]) for c in categories])
+        self.register_buffer("tail", (fraction < lambda_).float())
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        """C outputs: no background logit."""
+        return num_classes
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        """C sigmoid scores and a background column of zeros."""
+        scores = cls_score.sigmoid()
+        return torch.cat([scores, scores.new_zeros(*scores.shape[:-1], 1)], dim=-1)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Accuracy of the highest-scoring class on foreground RoIs."""
+        pos = labels < self.num_classes
+        return {"acc_classes": accuracy(cls_score[pos], labels[pos])}
+
+    def forward(
+        self,
+        cls_score: Tensor,
+        labels: Tensor,
+        label_weights: Tensor | None = None,
+        avg_factor: float | None = None,
+        reduction_override: str | None = None,
+    ) -> Tensor:
+        """The loss on a batch of RoIs; labels in [0, C], C meaning background."""
+        labels = labels.long()
+        target = F.one_hot(labels, self.num_classes + 1)[:, : self.num_classes].to(cls_score)
+        foreground = (labels < self.num_classes).to(cls_score)[:, None]
+        weight = 1 - foreground * self.tail[None, :] * (1 - target)
+        loss = F.binary_cross_entropy_with_logits(cls_score, target, reduction="none")
+        loss = (loss * weight).sum(dim=1)
+        if label_weights is not None:
+            label_weights = label_weights.float()
+        return self.loss_weight * weight_reduce_loss(
+            loss, label_weights, reduction_override or self.reduction, avg_factor
+        )

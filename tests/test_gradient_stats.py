@@ -21,7 +21,7 @@ def _model(**spec):
         "in_channels": 4,
         "fc_out_channels": 8,
         "roi_feat_size": 2,
-        **_bbox_head_method(RunSpec(**spec), C),
+        **_bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3),
     }
     model = nn.Module()
     model.roi_head = nn.Module()

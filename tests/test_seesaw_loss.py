@@ -14,7 +14,7 @@ C = 6
 
 
 def build(**spec):
-    head = _bbox_head_method(RunSpec(**spec), C)
+    head = _bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3)
     return MODELS.build(head["loss_cls"]), head
 
 
