@@ -48,8 +48,32 @@ def seesaw_log_weights(
     return log_s.scatter_(1, labels[:, None], 0.0)
 
 
+class _BoxClassifierLoss(nn.Module):
+    """What mmdet's box heads need of a loss that defines its own outputs and scores."""
+
+    def __init__(self, num_classes: int, loss_weight: float, reduction: str) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.loss_weight = loss_weight
+        self.reduction = reduction
+        # With these set, the box head asks the loss for its number of outputs
+        # (get_cls_channels), the scores (get_activation) and the accuracy (get_accuracy).
+        self.custom_cls_channels = True
+        self.custom_activation = True
+        self.custom_accuracy = True
+
+
+def _train_categories(ann_file: str, num_classes: int) -> tuple[list[dict], int]:
+    """The categories of an LVIS train json in id order, and its number of images."""
+    data = json.loads(Path(ann_file).read_text())
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    if len(categories) != num_classes:
+        raise ValueError(f"{ann_file} has {len(categories)} categories, the loss {num_classes}")
+    return categories, len(data["images"])
+
+
 @MODELS.register_module()
-class ReproSeesawLoss(nn.Module):
+class ReproSeesawLoss(_BoxClassifierLoss):
     """The paper's Seesaw loss for a box classifier, with its ablation switches.
 
     Args:
@@ -84,21 +108,13 @@ class ReproSeesawLoss(nn.Module):
         loss_weight: float = 1.0,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(num_classes, loss_weight, reduction)
         if counts not in COUNT_SOURCES:
             raise ValueError(f"counts must be one of {COUNT_SOURCES}, not {counts!r}")
-        self.num_classes = num_classes
         self.p, self.q, self.eps = p, q, eps
         self.objectness = objectness
         self.counts = counts
-        self.loss_weight = loss_weight
-        self.reduction = reduction
         self.use_sigmoid = False
-        # mmdet's bbox heads ask the loss for the number of outputs, the activation and the
-        # accuracy when these flags are set.
-        self.custom_cls_channels = True
-        self.custom_activation = True
-        self.custom_accuracy = True
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.float))
         if counts == "dataset":
             self.cum_samples[:num_classes] = _dataset_counts(ann_file, num_classes)
@@ -200,9 +216,7 @@ class ReproSeesawLoss(nn.Module):
 def _dataset_counts(ann_file: str | None, num_classes: int) -> Tensor:
     if not ann_file:
         raise ValueError("counts='dataset' needs ann_file, the train split's LVIS json")
-    categories = sorted(json.loads(Path(ann_file).read_text())["categories"], key=lambda c: c["id"])
-    if len(categories) != num_classes:
-        raise ValueError(f"{ann_file} has {len(categories)} categories, the loss {num_classes}")
+    categories, _ = _train_categories(ann_file, num_classes)
     return torch.tensor([float(c["instance_count"]) for c in categories])
 
 
@@ -217,7 +231,7 @@ def _recorded_counts(checkpoint: str | None, num_classes: int) -> Tensor:
 
 
 @MODELS.register_module()
-class EqualizationLoss(nn.Module):
+class EqualizationLoss(_BoxClassifierLoss):
     """Equalization Loss (Tan et al., CVPR 2020, Eq. 3-5), a sigmoid loss over C classes.
 
     L = -sum_j w_j [y_j log p_j + (1 - y_j) log(1 - p_j)], p_j = sigmoid(z_j), with
@@ -238,19 +252,10 @@ class EqualizationLoss(nn.Module):
         loss_weight: float = 1.0,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.loss_weight = loss_weight
-        self.reduction = reduction
+        super().__init__(num_classes, loss_weight, reduction)
         self.use_sigmoid = True
-        self.custom_cls_channels = True
-        self.custom_activation = True
-        self.custom_accuracy = True
-        data = json.loads(Path(ann_file).read_text())
-        categories = sorted(data["categories"], key=lambda c: c["id"])
-        if len(categories) != num_classes:
-            raise ValueError(f"{ann_file} has {len(categories)} categories, the loss {num_classes}")
-        fraction = torch.tensor([c["image_count"] / len(data["images"]) for c in categories])
+        categories, num_images = _train_categories(ann_file, num_classes)
+        fraction = torch.tensor([c["image_count"] / num_images for c in categories])
         self.register_buffer("tail", (fraction < lambda_).float())
 
     def get_cls_channels(self, num_classes: int) -> int:
