@@ -87,7 +87,7 @@ def test_online_counts_accumulate_fixed_sources_do_not(tmp_path):
 
     ann = tmp_path / "lvis_v1_train.json"
     cats = [{"id": i + 1, "instance_count": 10 * (i + 1)} for i in range(C)]
-    ann.write_text(json.dumps({"categories": list(reversed(cats))}))
+    ann.write_text(json.dumps({"categories": list(reversed(cats)), "images": []}))
     dataset = ReproSeesawLoss(num_classes=C, counts="dataset", ann_file=str(ann))
     dataset(logits, labels)
     assert dataset.cum_samples[:C].tolist() == [10.0 * (i + 1) for i in range(C)]
