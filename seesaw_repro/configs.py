@@ -8,6 +8,7 @@ the real data root in.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
@@ -48,7 +49,7 @@ class RunSpec:
     gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
 
     CHOICES = {
-        "model": ("mask_rcnn",),
+        "model": ("mask_rcnn", "cascade_mask_rcnn"),
         "loss": ("seesaw", "eql"),
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
@@ -349,6 +350,8 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
             },
         },
     }
+    if spec.model == "cascade_mask_rcnn":
+        model = _cascade(model)
     checkpoint_every = max(1, max_iters // 6)
     return {
         "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
@@ -435,6 +438,47 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
         "resume": True,  # picks up the newest checkpoint in work_dir, if any
         "randomness": {"seed": 0},
     }
+
+
+CASCADE_STAGES = (  # (IoU threshold, box-delta target stds) of mmdet's Cascade Mask R-CNN
+    (0.5, [0.1, 0.1, 0.2, 0.2]),
+    (0.6, [0.05, 0.05, 0.1, 0.1]),
+    (0.7, [0.033, 0.033, 0.067, 0.067]),
+)
+
+
+def _cascade(mask_rcnn: dict) -> dict:
+    """Cascade Mask R-CNN from a Mask R-CNN config: three box stages of rising IoU, each with
+    the same classifier and loss (so Seesaw is in all three), class-agnostic regression, and
+    a mask head per stage (mmdet copies the one given)."""
+    model = copy.deepcopy(mask_rcnn)
+    model["type"] = "CascadeRCNN"
+    roi_head, rcnn = model["roi_head"], model["train_cfg"]["rcnn"]
+    roi_head["type"] = "CascadeRoIHead"
+    roi_head["num_stages"] = len(CASCADE_STAGES)
+    roi_head["stage_loss_weights"] = [1.0, 0.5, 0.25]
+    roi_head["bbox_head"] = [
+        {
+            **roi_head["bbox_head"],
+            "reg_class_agnostic": True,
+            "bbox_coder": {**roi_head["bbox_head"]["bbox_coder"], "target_stds": stds},
+        }
+        for _, stds in CASCADE_STAGES
+    ]
+    model["train_cfg"]["rcnn"] = [
+        {
+            **rcnn,
+            "assigner": {
+                **rcnn["assigner"],
+                "pos_iou_thr": iou,
+                "neg_iou_thr": iou,
+                "min_pos_iou": iou,
+                "match_low_quality": False,
+            },
+        }
+        for iou, _ in CASCADE_STAGES
+    ]
+    return model
 
 
 def resolve(spec: RunSpec, preset: str) -> dict:

@@ -120,3 +120,28 @@ def test_eql_mask_rcnn_trains_and_predicts(quick_data):
         result = model.predict(batch["inputs"], batch["data_samples"])[0]
     labels = result.pred_instances.labels
     assert labels.numel() == 0 or int(labels.max()) < 30
+
+
+def test_cascade_mask_rcnn_has_seesaw_in_all_three_stages_and_trains(quick_data):
+    spec = configs.RunSpec(model="cascade_mask_rcnn", norm_mask=True)
+    cfg = configs.materialise(configs.resolve(spec, "tiny"), quick_data, quick_data / "unused")
+    model = MODELS.build(cfg.model)
+    heads = model.roi_head.bbox_head
+    assert len(heads) == 3
+    assert all(type(h.loss_cls).__name__ == "ReproSeesawLoss" for h in heads)
+    assert all(type(h.fc_cls).__name__ == "NormedLinear" for h in heads)
+    assert all(type(m.conv_logits).__name__ == "NormedConv2d" for m in model.roi_head.mask_head)
+    ious = [stage["assigner"]["pos_iou_thr"] for stage in cfg.model.train_cfg.rcnn]
+    assert ious == [0.5, 0.6, 0.7]
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
+    total, log_vars = model.parse_losses(model.loss(batch["inputs"], batch["data_samples"]))
+    total.backward()
+    assert torch.isfinite(total)
+    assert {"s0.loss_cls_classes", "s2.loss_cls_objectness", "s2.loss_mask"} <= set(log_vars)
+    model.eval()
+    val = DATASETS.build(cfg.val_dataloader.dataset)
+    batch = model.data_preprocessor(pseudo_collate([val[0]]), False)
+    with torch.no_grad():
+        result = model.predict(batch["inputs"], batch["data_samples"])[0]
+    assert result.pred_instances.masks.shape[-2:] == (128, 128)
