@@ -1,7 +1,7 @@
 """RunSpec + preset -> a plain mmengine config, and the run id that names it.
 
-The method part (`_bbox_head`) is the same in every preset; a preset only chooses the data,
-the model's size and the schedule. A config is built with DATA_ROOT as a placeholder: its
+The method parts (`_bbox_head_method`, `_mask_head_method`, `_cascade`) are the same in
+every preset; a preset only chooses the data, the model's size and the schedule. A config is built with DATA_ROOT as a placeholder: its
 hash is the run id (so paths never change a run's identity), and `materialise` then puts
 the real data root in.
 """
@@ -61,16 +61,10 @@ class RunSpec:
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
-        for name in (
-            "mitigation",
-            "compensation",
-            "objectness",
-            "nla",
-            "norm_mask",
-            "gradient_stats",
-        ):
-            if not isinstance(getattr(self, name), bool):
-                raise SpecError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "bool" and not isinstance(value, bool):
+                raise SpecError(f"{field.name} must be true or false, not {value!r}")
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -1,5 +1,6 @@
 """Recipes resolve to configs that mmdet builds and trains; run ids are content hashes."""
 
+import pytest
 import torch
 from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
@@ -145,3 +146,10 @@ def test_cascade_mask_rcnn_has_seesaw_in_all_three_stages_and_trains(quick_data)
     with torch.no_grad():
         result = model.predict(batch["inputs"], batch["data_samples"])[0]
     assert result.pred_instances.masks.shape[-2:] == (128, 128)
+
+
+def test_a_switch_must_be_a_boolean():
+    with pytest.raises(configs.SpecError, match="nla must be true or false"):
+        configs.RunSpec(nla="yes")
+    with pytest.raises(configs.SpecError, match="counts = 'oracle'"):
+        configs.RunSpec(counts="oracle")
