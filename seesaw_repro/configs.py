@@ -1,9 +1,9 @@
 """RunSpec + preset -> a plain mmengine config, and the run id that names it.
 
 The method parts (`_bbox_head_method`, `_mask_head_method`, `_cascade`) are the same in
-every preset; a preset only chooses the data, the model's size and the schedule. A config is built with DATA_ROOT as a placeholder: its
-hash is the run id (so paths never change a run's identity), and `materialise` then puts
-the real data root in.
+every preset; a preset only chooses the data, the model's size and the schedule. A config
+is built with DATA_ROOT as a placeholder: its hash is the run id (so paths never change a
+run's identity), and `materialise` then puts the real data root in.
 """
 
 from __future__ import annotations
