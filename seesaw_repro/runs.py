@@ -22,6 +22,7 @@ from .files import read_json, write_json_atomic, write_text_atomic
 from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
 
+STATUS_FILE = "status.json"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -80,15 +81,15 @@ class RunDir:
     def status(self) -> dict:
         """The recorded status; "done" whenever metrics exist, "planned" when nothing ran."""
         if self.is_done():
-            return {**(read_json(self.path / "status.json") or {}), "state": "done"}
-        return read_json(self.path / "status.json") or {"state": "planned"}
+            return {**(read_json(self.path / STATUS_FILE) or {}), "state": "done"}
+        return read_json(self.path / STATUS_FILE) or {"state": "planned"}
 
     def set_status(self, state: str, **fields: object) -> None:
         """Record a state change, keeping the fields recorded before."""
         assert state in STATES, state
-        old = read_json(self.path / "status.json") or {}
+        old = read_json(self.path / STATUS_FILE) or {}
         write_json_atomic(
-            self.path / "status.json",
+            self.path / STATUS_FILE,
             {**old, **fields, "state": state, "host": socket.gethostname(), "updated": time.time()},
         )
 
