@@ -33,7 +33,7 @@ class RunSpec:
     """What one run trains: method and model, independent of preset, paths and GPUs."""
 
     model: str = "mask_rcnn"
-    loss: str = "seesaw"  # "seesaw" | "eql" (Equalization Loss)
+    loss: str = "seesaw"  # "seesaw" | "eql" (Equalization Loss) | "bags" (Balanced Group Softmax)
     backbone: str = "r50"
     sampler: str = "rfs"  # "random" | "rfs" (repeat factor sampling)
     schedule: str = "2x"
@@ -50,7 +50,7 @@ class RunSpec:
 
     CHOICES = {
         "model": ("mask_rcnn", "cascade_mask_rcnn"),
-        "loss": ("seesaw", "eql"),
+        "loss": ("seesaw", "eql", "bags"),
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
         "schedule": ("1x", "2x"),
@@ -78,10 +78,17 @@ def _bbox_head_method(spec: RunSpec, num_classes: int, tail_fraction: float) -> 
     Seesaw: a factor switched off is p = 0 or q = 0; with both off and the objectness branch
     it is softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
     EQL: tail classes are those in fewer than `tail_fraction` of the training images.
+    BAGS: the paper's groups by training-instance count, in every preset.
     """
     ann_file = f"{DATA_ROOT}/annotations/lvis_v1_train.json"
     loss: dict[str, Any]
-    if spec.loss == "eql":
+    if spec.loss == "bags":
+        loss = {
+            "type": "BalancedGroupSoftmaxLoss",
+            "num_classes": num_classes,
+            "ann_file": ann_file,
+        }
+    elif spec.loss == "eql":
         loss = {
             "type": "EqualizationLoss",
             "num_classes": num_classes,

@@ -294,3 +294,132 @@ class EqualizationLoss(_BoxClassifierLoss):
         return self.loss_weight * weight_reduce_loss(
             loss, label_weights, reduction_override or self.reduction, avg_factor
         )
+
+
+@MODELS.register_module()
+class BalancedGroupSoftmaxLoss(_BoxClassifierLoss):
+    """Balanced Group Softmax (Li et al., CVPR 2020, Sec. 3.2-3.3), trained end to end.
+
+    The C categories are grouped by their training-instance counts, with the paper's bins
+    [1, 10), [10, 100), [100, 1000), [1000, inf) (`bin_edges`; a bin that no category falls
+    in is dropped). Each group n >= 1 has its categories' logits plus an "others" logit;
+    group 0 has two, foreground and background. Output columns: the C class logits in
+    category order, then the K groups' "others" logits, then group 0's (foreground,
+    background), so the first C columns are the class logits as for every loss here.
+
+    Training: one softmax cross-entropy per group. Group 0 uses every RoI (target
+    background or foreground). Group n uses the RoIs of its own categories (target: that
+    category) and a random sample of the other RoIs, foreground and background, as
+    "others": at most `others_ratio` times as many as its own (the paper's beta = 8); a
+    group with no own RoI in the batch is left out. Each group's loss is averaged over the
+    RoIs it uses and the groups' losses are summed (so mmdet's `avg_factor` is not used).
+
+    Inference: a category's score is its softmax within its group times group 0's
+    foreground probability; background is group 0's background probability.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        ann_file: str,
+        bin_edges: tuple[int, ...] = (10, 100, 1000),
+        others_ratio: float = 8.0,
+        loss_weight: float = 1.0,
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(num_classes, loss_weight, reduction)
+        self.use_sigmoid = False
+        self.others_ratio = others_ratio
+        counts = _dataset_counts(ann_file, num_classes)
+        bins = torch.bucketize(counts, torch.tensor(bin_edges, dtype=counts.dtype), right=True)
+        groups = [torch.nonzero(bins == b)[:, 0] for b in bins.unique(sorted=True)]
+        self.num_groups = len(groups)
+        # target[n, label]: the label's index in group n's softmax (0 = "others").
+        target = torch.zeros(self.num_groups, num_classes + 1, dtype=torch.long)
+        for n, members in enumerate(groups):
+            target[n, members] = torch.arange(1, len(members) + 1)
+            columns = torch.cat([torch.tensor([num_classes + n]), members])
+            self.register_buffer(f"group{n}_members", members, persistent=False)
+            self.register_buffer(f"group{n}_columns", columns, persistent=False)
+        self.register_buffer("group_target", target, persistent=False)
+        start = num_classes + self.num_groups
+        self.objectness_columns = slice(start, start + 2)  # group 0: foreground, background
+
+    def group(self, n: int) -> tuple[Tensor, Tensor]:
+        """The n-th foreground group (the paper's group n + 1): its categories, and its
+        output columns ("others" first, then the categories')."""
+        return getattr(self, f"group{n}_members"), getattr(self, f"group{n}_columns")
+
+    def get_cls_channels(self, num_classes: int) -> int:
+        """C class logits, one "others" logit per group, foreground and background."""
+        return num_classes + self.num_groups + 2
+
+    def get_activation(self, cls_score: Tensor) -> Tensor:
+        """C scores (within-group softmax x foreground probability), then background."""
+        group0 = F.softmax(cls_score[..., self.objectness_columns], dim=-1)
+        classes = cls_score.new_empty(*cls_score.shape[:-1], self.num_classes)
+        for n in range(self.num_groups):
+            members, columns = self.group(n)
+            within = F.softmax(cls_score[..., columns], dim=-1)
+            classes[..., members] = within[..., 1:]
+        return torch.cat([classes * group0[..., :1], group0[..., 1:]], dim=-1)
+
+    def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """Accuracy of the merged class scores on foreground RoIs, and of group 0."""
+        pos = labels < self.num_classes
+        scores = self.get_activation(cls_score)[:, : self.num_classes]
+        return {
+            "acc_objectness": accuracy(
+                cls_score[:, self.objectness_columns], (labels == self.num_classes).long()
+            ),
+            "acc_classes": accuracy(scores[pos], labels[pos]),
+        }
+
+    def _sample_others(self, own: Tensor) -> Tensor:
+        """Weights 1 for the own RoIs and a random sample of the others, 0 elsewhere."""
+        weight = own.float()
+        others = torch.nonzero(~own)[:, 0]
+        keep = min(len(others), int(self.others_ratio * int(own.sum())))
+        weight[others[torch.randperm(len(others), device=own.device)[:keep]]] = 1.0
+        return weight
+
+    def forward(
+        self,
+        cls_score: Tensor,
+        labels: Tensor,
+        label_weights: Tensor | None = None,
+        avg_factor: float | None = None,
+        reduction_override: str | None = None,
+    ) -> Tensor:
+        """The summed group losses on a batch of RoIs; labels in [0, C], C = background."""
+        labels = labels.long()
+        roi_weight = (
+            cls_score.new_ones(labels.shape) if label_weights is None else label_weights.float()
+        )
+        reduction = reduction_override or self.reduction
+        background = (labels == self.num_classes).long()
+        objectness = cls_score[:, self.objectness_columns]
+        group_losses = [
+            weight_reduce_loss(
+                F.cross_entropy(objectness, background, reduction="none"),
+                roi_weight,
+                reduction,
+                max(float(roi_weight.sum()), 1.0),
+            )
+        ]
+        for n in range(self.num_groups):
+            target = self.group_target[n][labels]
+            own = target > 0
+            if not own.any():
+                continue
+            weight = self._sample_others(own) * roi_weight
+            logits = cls_score[:, self.group(n)[1]]
+            group_losses.append(
+                weight_reduce_loss(
+                    F.cross_entropy(logits, target, reduction="none"),
+                    weight,
+                    reduction,
+                    max(float(weight.sum()), 1.0),
+                )
+            )
+        return self.loss_weight * sum(group_losses)
