@@ -1,9 +1,11 @@
 """RunSpec + preset -> a plain mmengine config, and the run id that names it.
 
-The method parts (`_bbox_head_method`, `_mask_head_method`, `_cascade`) are the same in
-every preset; a preset only chooses the data, the model's size and the schedule. A config
-is built with DATA_ROOT as a placeholder: its hash is the run id (so paths never change a
-run's identity), and `materialise` then puts the real data root in.
+The method parts (`_bbox_head_method`, `_mask_head_method`, `_cascade`,
+`_finetune_classifier`) are the same in every preset; a preset only chooses the data, the
+model's size and the schedule. A config is built with DATA_ROOT and RUNS_DIR as
+placeholders: its hash is the run id (so paths never change a run's identity; a run that
+needs another's checkpoint has that run's id in its config, hence in its own), and
+`materialise` then puts the real paths in.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from . import synth
 from .errors import UserError
 
 DATA_ROOT = "${DATA_ROOT}"
+RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
 RUN_ID_LENGTH = 12
 
 
@@ -42,11 +45,16 @@ class RunSpec:
     p: float = 0.8
     q: float = 2.0
     objectness: bool = True  # the objectness branch of Sec. 3.3 (Table 8 switches it off)
-    counts: str = "online"  # Seesaw's class counts N (Table 4): "online" or "dataset"
+    # Seesaw's class counts N (Table 4): "online", "dataset", or "checkpoint" (recorded by
+    # a trained Seesaw run of this spec with online counts: "Pre-Record").
+    counts: str = "online"
     nla: bool = True  # normalized linear activation of the box classifier
     tau: float = 20.0
     norm_mask: bool = False  # Normalized Mask Prediction (Sec. 3.3), same tau as NLA
     gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
+    # Decoupled training (Table 9): "" trains end to end; "random" or "rfs" fine-tunes only the
+    # box classifier's last layer of a CE model pre-trained 2x with that sampler.
+    decoupled: str = ""
 
     CHOICES = {
         "model": ("mask_rcnn", "cascade_mask_rcnn"),
@@ -54,7 +62,8 @@ class RunSpec:
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
         "schedule": ("1x", "2x"),
-        "counts": ("online", "dataset"),
+        "counts": ("online", "dataset", "checkpoint"),
+        "decoupled": ("", "random", "rfs"),
     }
 
     def __post_init__(self) -> None:
@@ -72,7 +81,37 @@ class RunSpec:
         return {f.name for f in fields(cls)}
 
 
-def _bbox_head_method(spec: RunSpec, num_classes: int, tail_fraction: float) -> dict:
+def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
+    """The runs whose final checkpoint `spec` needs, by role.
+
+    "pretrained": for a decoupled run, the paper's CE baseline (Table 2's first row: softmax
+    cross-entropy with the objectness branch, no NLA) trained 2x with the given sampler, of
+    the same model, backbone and mask head. "counts": for Pre-Record counts, the same run
+    with online counts.
+    """
+    needs = {}
+    if spec.decoupled:
+        needs["pretrained"] = RunSpec(
+            model=spec.model,
+            backbone=spec.backbone,
+            sampler=spec.decoupled,
+            schedule="2x",
+            loss="seesaw",
+            mitigation=False,
+            compensation=False,
+            objectness=True,
+            nla=False,
+            norm_mask=spec.norm_mask,
+            tau=spec.tau,
+        )
+    if spec.loss == "seesaw" and spec.counts == "checkpoint":
+        needs["counts"] = replace(spec, counts="online", gradient_stats=False)
+    return needs
+
+
+def _bbox_head_method(
+    spec: RunSpec, num_classes: int, tail_fraction: float, counts_checkpoint: str | None = None
+) -> dict:
     """The part of the box head that is the method: its loss and NLA.
 
     Seesaw: a factor switched off is p = 0 or q = 0; with both off and the objectness branch
@@ -107,6 +146,8 @@ def _bbox_head_method(spec: RunSpec, num_classes: int, tail_fraction: float) -> 
         }
         if spec.counts == "dataset":
             loss["ann_file"] = ann_file
+        elif spec.counts == "checkpoint":
+            loss["checkpoint"] = counts_checkpoint
     head: dict[str, Any] = {"num_classes": num_classes, "loss_cls": loss}
     if spec.nla:
         # mmdet spells the argument "tempearture".
@@ -159,7 +200,7 @@ def _tail_fraction(preset: TinyPreset) -> float:
     return synth.COMMON_MAX_IMAGES / preset.synth.num_train_images
 
 
-def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
+def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | None) -> dict:
     num_classes = preset.synth.num_categories
     classes = tuple(
         f"digit_{d}_{c}" for c in synth.COLOURS for d in range(10)
@@ -221,7 +262,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
         },
         "reg_class_agnostic": False,
         "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
-        **_bbox_head_method(spec, num_classes, _tail_fraction(preset)),
+        **_bbox_head_method(spec, num_classes, _tail_fraction(preset), counts_checkpoint),
     }
     model = {
         "type": "MaskRCNN",
@@ -436,7 +477,8 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset) -> dict:
         "log_processor": {"type": "LogProcessor", "window_size": 20, "by_epoch": False},
         "log_level": "INFO",
         "load_from": None,
-        "resume": True,  # picks up the newest checkpoint in work_dir, if any
+        # job.py resumes when the run dir has a checkpoint (mmdet's tools/train.py: --resume).
+        "resume": False,
         "randomness": {"seed": 0},
     }
 
@@ -482,11 +524,39 @@ def _cascade(mask_rcnn: dict) -> dict:
     return model
 
 
+def _finetune_classifier(config: dict, pretrained: str) -> None:
+    """Decoupled training: start from `pretrained` and train only the box classifiers' last
+    layer (hooks.ClassifierFinetuneHook)."""
+    config["load_from"] = pretrained
+    config["custom_hooks"].append({"type": "ClassifierFinetuneHook"})
+    # The frozen parameters get no gradient, which DDP must be told about.
+    config["model_wrapper_cfg"] = {
+        "type": "MMDistributedDataParallel",
+        "find_unused_parameters": True,
+    }
+
+
 def resolve(spec: RunSpec, preset: str) -> dict:
-    """The config of `spec` in `preset`, with DATA_ROOT as a placeholder for the data root."""
+    """The config of `spec` in `preset`, with DATA_ROOT and RUNS_DIR as placeholders."""
     if preset not in PRESETS:
         raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    return _tiny_config(spec, PRESETS[preset])
+    needs = {
+        role: final_checkpoint(resolve(dep, preset)) for role, dep in dependencies(spec).items()
+    }
+    config = _tiny_config(spec, PRESETS[preset], needs.get("counts"))
+    if "pretrained" in needs:
+        _finetune_classifier(config, needs["pretrained"])
+    return config
+
+
+def final_checkpoint(config: dict) -> str:
+    """Where the run of `config` leaves its last checkpoint, under the RUNS_DIR placeholder."""
+    loop = config["train_cfg"]
+    if loop["type"] == "IterBasedTrainLoop":
+        name = f"iter_{loop['max_iters']}.pth"
+    else:
+        name = f"epoch_{loop['max_epochs']}.pth"
+    return f"{RUNS_DIR}/{run_id(config)}/{name}"
 
 
 def run_id(config: dict) -> str:
@@ -495,8 +565,12 @@ def run_id(config: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:RUN_ID_LENGTH]
 
 
-def materialise(config: dict, data_root: Path, work_dir: Path) -> Config:
-    """Put the real data root and work dir into a resolved config."""
+def materialise(
+    config: dict, data_root: Path, work_dir: Path, runs_dir: Path | None = None
+) -> Config:
+    """Put the real data root, work dir and runs dir (default: work dir's parent, where its
+    sibling runs are) into a resolved config."""
+    runs_dir = Path(runs_dir if runs_dir is not None else Path(work_dir).parent).resolve()
 
     def fill(value: Any) -> Any:
         if isinstance(value, dict):
@@ -504,7 +578,8 @@ def materialise(config: dict, data_root: Path, work_dir: Path) -> Config:
         if isinstance(value, list | tuple):
             return type(value)(fill(v) for v in value)
         if isinstance(value, str):
-            return value.replace(DATA_ROOT, str(Path(data_root).resolve()))
+            value = value.replace(DATA_ROOT, str(Path(data_root).resolve()))
+            return value.replace(RUNS_DIR, str(runs_dir))
         return value
 
     filled = fill(config)

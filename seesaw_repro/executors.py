@@ -1,7 +1,9 @@
 """The local executor: each run in its own process, `jobs` at a time, with a progress display.
 
-A run whose metrics.json exists is skipped. A run that was killed (Ctrl-C, preemption, a
-crash) keeps its checkpoints, and the next `seesaw repro` resumes it from the newest one.
+A run starts once the runs it needs (their checkpoints) are done; if one of them fails, it
+fails too without starting. A run whose metrics.json exists is skipped. A run that was
+killed (Ctrl-C, preemption, a crash) keeps its checkpoints, and the next `seesaw repro`
+resumes it from the newest one.
 """
 
 from __future__ import annotations
@@ -90,8 +92,18 @@ def run_local(
         overall = progress.add_task(f"{len(pending)} run(s) to train", total=len(pending))
         try:
             while pending or active:
-                while pending and len(active) < jobs:
-                    run, run_dir = pending.pop(0)
+                for run, run_dir in _blocked(
+                    pending, states, stalled=not active and _ready(pending, states) is None
+                ):
+                    pending.remove((run, run_dir))
+                    reason = f"needs run(s) {', '.join(run.needs)}, which did not finish"
+                    run_dir.set_status("failed", reason=reason, ended=time.time())
+                    states[run.run_id] = "failed"
+                    progress.update(overall, advance=1)
+                    console.print(f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {reason}")
+                while len(active) < jobs and (ready := _ready(pending, states)):
+                    run, run_dir = ready
+                    pending.remove(ready)
                     process, log = _launch(run_dir, threads)
                     run_dir.set_status(
                         "running", pid=process.pid, started=time.time(), log=str(run_dir.log_file)
@@ -138,6 +150,29 @@ def run_local(
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
     return states
+
+
+def _ready(
+    pending: list[tuple[PlannedRun, RunDir]], states: dict[str, str]
+) -> tuple[PlannedRun, RunDir] | None:
+    """The first pending run whose needed runs are all done."""
+    return next(
+        (item for item in pending if all(states.get(n) == "done" for n in item[0].needs)), None
+    )
+
+
+def _blocked(
+    pending: list[tuple[PlannedRun, RunDir]], states: dict[str, str], stalled: bool
+) -> list[tuple[PlannedRun, RunDir]]:
+    """Pending runs that can never start: a needed run ended without finishing (or, when
+    nothing is running any more, is still not done)."""
+    ended = {"failed", "cancelled"}
+    return [
+        item
+        for item in pending
+        if any(states.get(n) in ended for n in item[0].needs)
+        or (stalled and _ready([item], states) is None)
+    ]
 
 
 def _interrupt(signum: int, frame: object) -> None:

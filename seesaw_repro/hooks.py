@@ -173,3 +173,55 @@ class GradientStatsHook(Hook):
                 },
             },
         )
+
+
+@HOOKS.register_module()
+class ClassifierFinetuneHook(Hook):
+    """Decoupled training (Table 9): only the box classifiers' last layer (`fc_cls`) learns.
+
+    When the pre-trained model (config `load_from`) is loaded, the box heads' classifier and
+    loss state (Seesaw's counts) are dropped from it, so the new classifier starts from its
+    initialisation and the counts from zero. Checkpoints this run writes are marked and
+    load whole, so a resumed fine-tune keeps what it learnt. Before training every other
+    parameter stops requiring gradients, and before each iteration the modules without a
+    trainable parameter go to eval mode, so their BatchNorm statistics stay pre-trained.
+    """
+
+    priority = "HIGH"
+    MARK = "classifier_finetune"
+
+    def __init__(self, trainable: str = "fc_cls") -> None:
+        self.trainable = trainable
+
+    def _is_classifier(self, name: str) -> bool:
+        parts = name.split(".")
+        return parts[0] == "roi_head" and (self.trainable in parts or "loss_cls" in parts)
+
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        if checkpoint.get(self.MARK):
+            return
+        state = checkpoint["state_dict"]
+        dropped = [k for k in state if self._is_classifier(k)]
+        for key in dropped:
+            del state[key]
+        runner.logger.info(f"fine-tuning the classifier: not loaded from the model: {dropped}")
+
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        checkpoint[self.MARK] = True
+
+    def before_train(self, runner: Runner) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        trainable = []
+        for name, param in model.named_parameters():
+            param.requires_grad_(self._is_classifier(name))
+            if param.requires_grad:
+                trainable.append(name)
+        if not trainable:
+            raise RuntimeError(f"no parameter named {self.trainable} under roi_head to train")
+        runner.logger.info(f"fine-tuning only {trainable}")
+
+    def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: object = None) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        for module in model.modules():
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()

@@ -1,8 +1,8 @@
 """One run, in its own process: `python -m seesaw_repro.job RUN_DIR`.
 
 Trains the config in RUN_DIR/config.py with mmengine's Runner, resuming from the newest
-checkpoint there if a previous attempt was killed; the evaluation after the last iteration
-writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
+checkpoint there if a previous attempt was killed (as tools/train.py --resume would); the
+evaluation after the last iteration writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
 """
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
+from mmengine.runner.checkpoint import find_latest_checkpoint
 
 
 def main(run_dir: Path) -> int:
@@ -21,6 +22,9 @@ def main(run_dir: Path) -> int:
     # The config's custom_imports loads seesaw_repro.mmdet_plugin, as in mmdet's tools/train.py.
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
+    if find_latest_checkpoint(str(run_dir)):
+        # A previous attempt was killed: go on from its newest checkpoint, not from load_from.
+        cfg.resume, cfg.load_from = True, None
     runner = Runner.from_cfg(cfg)
     runner.train()
     if not (run_dir / "metrics.json").exists():

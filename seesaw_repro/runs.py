@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import configs
@@ -33,22 +33,31 @@ class PlannedRun:
     run_id: str
     preset: str
     spec: configs.RunSpec
-    config: dict  # resolved, with the DATA_ROOT placeholder
+    config: dict  # resolved, with the DATA_ROOT and RUNS_DIR placeholders
     rows: tuple[str, ...]
+    needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
 
 
 def plan(table: Table, preset: str) -> list[PlannedRun]:
-    """The distinct runs behind a table's rows, in row order; equal configs are one run."""
+    """The distinct runs behind a table's rows, each after the runs it needs (see
+    configs.dependencies); equal configs are one run."""
     by_id: dict[str, PlannedRun] = {}
-    for row in table.rows:
-        config = configs.resolve(row.spec, preset)
+
+    def add(spec: configs.RunSpec, label: str) -> str:
+        needs = tuple(
+            add(dep, f"{label} ({role})") for role, dep in configs.dependencies(spec).items()
+        )
+        config = configs.resolve(spec, preset)
         rid = configs.run_id(config)
-        label = f"{table.name}:{row.key}"
         if rid in by_id:
             old = by_id[rid]
-            by_id[rid] = PlannedRun(rid, preset, old.spec, old.config, (*old.rows, label))
+            by_id[rid] = replace(old, rows=(*old.rows, label))
         else:
-            by_id[rid] = PlannedRun(rid, preset, row.spec, config, (label,))
+            by_id[rid] = PlannedRun(rid, preset, spec, config, (label,), needs)
+        return rid
+
+    for row in table.rows:
+        add(row.spec, f"{table.name}:{row.key}")
     return list(by_id.values())
 
 
@@ -105,5 +114,6 @@ class RunDir:
                 "preset": run.preset,
                 "spec": asdict(run.spec),
                 "rows": run.rows,
+                "needs": run.needs,
             },
         )
