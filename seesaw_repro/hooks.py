@@ -138,21 +138,26 @@ class GradientStatsHook(Hook):
             labels = labels.detach().long()
 
             def on_grad(grad: torch.Tensor) -> None:
-                magnitude = grad[:, :num_classes].detach().abs().double()
+                # One pass over the N x C gradient; sums in float64, kept on the gradient's
+                # device (no synchronisation per step).
+                magnitude = grad[:, :num_classes].detach().abs()
                 fg = labels < num_classes
-                own = magnitude[fg].gather(1, labels[fg, None])[:, 0]
+                own = magnitude.gather(1, labels.clamp(max=num_classes - 1)[:, None])[:, 0]
                 positive = torch.zeros(num_classes, dtype=torch.double, device=grad.device)
-                positive.index_add_(0, labels[fg], own)
-                negative = magnitude.sum(0) - positive
-                self.positive[name] = self.positive.get(name, 0) + positive.cpu()
-                self.negative[name] = self.negative.get(name, 0) + negative.cpu()
+                positive.index_add_(0, labels[fg], own[fg].double())
+                negative = magnitude.sum(0, dtype=torch.double) - positive
+                self.positive[name] = self.positive.get(name, 0) + positive
+                self.negative[name] = self.negative.get(name, 0) + negative
 
             logits.register_hook(on_grad)
 
         return pre_hook
 
     def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
-        checkpoint["gradient_stats"] = {"positive": self.positive, "negative": self.negative}
+        checkpoint["gradient_stats"] = {
+            "positive": {k: v.cpu() for k, v in self.positive.items()},
+            "negative": {k: v.cpu() for k, v in self.negative.items()},
+        }
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         saved = checkpoint.get("gradient_stats", {})
@@ -166,8 +171,8 @@ class GradientStatsHook(Hook):
                 "iter": runner.iter,
                 "heads": {
                     name: {
-                        "positive": self.positive[name].tolist(),
-                        "negative": self.negative[name].tolist(),
+                        "positive": self.positive[name].cpu().tolist(),
+                        "negative": self.negative[name].cpu().tolist(),
                     }
                     for name in self.positive
                 },
