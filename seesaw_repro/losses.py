@@ -1,8 +1,10 @@
-"""Seesaw loss (Wang et al., CVPR 2021, Sec. 3.2-3.3) with every variant the paper ablates.
+"""The box-classifier losses the paper compares: Seesaw loss (Wang et al., CVPR 2021,
+Sec. 3.2-3.3) with every variant it ablates, Equalization Loss and Balanced Group Softmax.
 
-Computed in log space: log S_ij = log M_ij + log C_ij is added to the negative logits, so
-the softmax of the shifted logits is Eq. 4's sigma-hat, and no C x C matrix, power or
-per-label Python loop is needed (mmdet's SeesawLoss has all three).
+Seesaw is computed in log space: log S_ij = log M_ij + log C_ij is added to the negative
+logits, so the softmax of the shifted logits is Eq. 4's sigma-hat, with no C x C matrix,
+power or per-label Python loop (mmdet's SeesawLoss has all three), and its gradient is
+written by hand (Eq. 5), in one buffer. benchmarks/loss_speed.py times it.
 """
 
 from __future__ import annotations
@@ -24,30 +26,92 @@ from .compat import load_from_local_trusted
 COUNT_SOURCES = ("online", "dataset", "checkpoint")
 
 
-def seesaw_log_weights(
-    logits: Tensor, labels: Tensor, counts: Tensor, p: float, q: float, eps: float
+def seesaw_logits(
+    logits: Tensor, labels: Tensor, log_counts: Tensor, p: float, q: float, eps: float
 ) -> Tensor:
-    """log S_ij (Eq. 6-8) for each sample (row, true class i = label) and class j.
+    """z_ij + log S_ij (Eq. 6-8), a new tensor, for rows (samples) with true class i = label.
 
-    M_ij = (N_j / N_i)^p when N_i > N_j, else 1 (Eq. 7); counts below 1 count as 1.
-    C_ij = (sigma_j / sigma_i)^q when sigma_j > sigma_i, else 1 (Eq. 8), with sigma_i
-    taken as at least `eps` so that C stays finite (as mmdet does). The weights are
-    constants for the backward pass, as in the paper's Eq. 5. The entry of the true class
-    is 0 (S_ii does not enter Eq. 4).
+    log M_ij = p min(0, log N_j - log N_i) (Eq. 7: below 1 only when N_i > N_j) and
+    log C_ij = q max(0, z_j - t_i) with t_i = z_i + max(0, log eps - log sigma_i), i.e.
+    (sigma_j / max(sigma_i, eps))^q when above 1 (Eq. 8; `eps` keeps C finite, as mmdet's).
+    Both are 0 for j = i, so the shifted logit of the true class is z_i itself. `logits`
+    are not differentiated through (the weights are constants in Eq. 5).
     """
     z = logits.detach()
-    if p > 0:
-        log_n = counts.clamp(min=1).log().to(z.dtype)
-        log_s = (log_n[None, :] - log_n[labels][:, None]).clamp_(max=0).mul_(p)
-    else:
-        log_s = torch.zeros_like(z)
     if q > 0:
-        # log sigma_j - log sigma_i = z_j - (logsumexp(z) + log sigma_i): one pass over N x C
-        # instead of a whole log-softmax.
-        lse = torch.logsumexp(z, dim=1, keepdim=True)
-        log_sigma_i = (z.gather(1, labels[:, None]) - lse).clamp_(min=math.log(eps))
-        log_s.add_((z - (lse + log_sigma_i)).clamp_(min=0), alpha=q)
-    return log_s.scatter_(1, labels[:, None], 0.0)
+        # log sigma_i from the fused log-softmax kernel (torch.logsumexp and exp are 2-3x
+        # slower on CPU); its buffer then holds the result, saving an allocation.
+        shifted = torch.log_softmax(z, dim=1)
+        log_sigma_i = shifted.gather(1, labels[:, None])
+        t = z.gather(1, labels[:, None]) + (math.log(eps) - log_sigma_i).clamp_(min=0)
+        torch.sub(z, t, out=shifted).clamp_(min=0)
+        torch.add(z, shifted, alpha=q, out=shifted)
+    else:
+        shifted = z.clone()
+    if p > 0:
+        mitigation = (log_counts[None, :] - log_counts[labels][:, None]).clamp_(max=0)
+        shifted.add_(mitigation, alpha=p)
+    return shifted
+
+
+class _SeesawCrossEntropy(torch.autograd.Function):
+    """Per-sample losses of ReproSeesawLoss, with the gradient written straight into one
+    N x K buffer: -log sigma-hat_i (Eq. 4) on the class logits and, with objectness, the
+    objectness cross-entropy. Its gradient is softmax(z + log S) - onehot (Eq. 5), so no
+    autograd graph of the weighting, no slice or mask backward is needed (they made the
+    loss several times slower than cross-entropy)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        cls_score: Tensor,
+        labels: Tensor,
+        log_counts: Tensor,
+        num_classes: int,
+        objectness: bool,
+        p: float,
+        q: float,
+        eps: float,
+    ) -> tuple[Tensor, Tensor]:
+        if objectness:
+            rows = torch.nonzero(labels < num_classes)[:, 0]
+            # contiguous rows: every op after this is several times slower on a strided view
+            z = cls_score[:, :num_classes].index_select(0, rows)
+        else:
+            rows, z = None, cls_score
+        row_labels = labels if rows is None else labels[rows]
+        shifted = seesaw_logits(z, row_labels, log_counts, p, q, eps)
+        loss = -torch.log_softmax(shifted, dim=1).gather(1, row_labels[:, None])[:, 0]
+        obj_probs = obj_target = None
+        loss_objectness = cls_score.new_zeros(0)
+        if objectness:
+            loss = cls_score.new_zeros(len(labels)).index_copy_(0, rows, loss)
+            obj_target = (labels == num_classes).long()
+            obj_probs = torch.log_softmax(cls_score[:, num_classes:], dim=1)
+            loss_objectness = -obj_probs.gather(1, obj_target[:, None])[:, 0]
+            obj_probs.exp_()
+        ctx.save_for_backward(shifted, row_labels, rows, obj_probs, obj_target)
+        ctx.shape = cls_score.shape
+        ctx.num_classes = num_classes
+        return loss, loss_objectness
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad_loss: Tensor, grad_objectness: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        shifted, row_labels, rows, obj_probs, obj_target = ctx.saved_tensors
+        c = ctx.num_classes
+        row_grad = grad_loss if rows is None else grad_loss[rows]
+        grad = torch.softmax(shifted, dim=1).mul_(row_grad[:, None])  # sigma-hat (Eq. 4)
+        grad.scatter_add_(1, row_labels[:, None], -row_grad[:, None])
+        if rows is not None:
+            full = grad.new_zeros(ctx.shape)
+            full[rows, :c] = grad
+            obj_grad = obj_probs * grad_objectness[:, None]
+            full[:, c:] = obj_grad.scatter_add_(1, obj_target[:, None], -grad_objectness[:, None])
+            grad = full
+        return grad, None, None, None, None, None, None, None
 
 
 class _BoxClassifierLoss(nn.Module):
@@ -155,19 +219,6 @@ class ReproSeesawLoss(_BoxClassifierLoss):
             dist.all_reduce(seen)
         self.cum_samples += seen
 
-    def _seesaw_ce(
-        self,
-        logits: Tensor,
-        labels: Tensor,
-        weight: Tensor,
-        counts: Tensor,
-        avg_factor: float | None,
-        reduction: str,
-    ) -> Tensor:
-        shifted = logits + seesaw_log_weights(logits, labels, counts, self.p, self.q, self.eps)
-        loss = F.cross_entropy(shifted, labels, reduction="none")
-        return weight_reduce_loss(loss, weight, reduction, avg_factor)
-
     def forward(
         self,
         cls_score: Tensor,
@@ -180,37 +231,33 @@ class ReproSeesawLoss(_BoxClassifierLoss):
         reduction = reduction_override or self.reduction
         labels = labels.long()
         weight = (
-            labels.new_ones(labels.shape, dtype=torch.float)
-            if label_weights is None
-            else label_weights.float()
+            cls_score.new_ones(labels.shape) if label_weights is None else label_weights.float()
         )
         self._accumulate(labels)
+        counts = self.cum_samples if not self.objectness else self.cum_samples[: self.num_classes]
+        log_counts = counts.clamp(min=1).log().to(cls_score.dtype)
+        loss, loss_objectness = _SeesawCrossEntropy.apply(
+            cls_score,
+            labels,
+            log_counts,
+            self.num_classes,
+            self.objectness,
+            self.p,
+            self.q,
+            self.eps,
+        )
         if not self.objectness:
-            return self.loss_weight * self._seesaw_ce(
-                cls_score, labels, weight, self.cum_samples, avg_factor, reduction
-            )
+            return self.loss_weight * weight_reduce_loss(loss, weight, reduction, avg_factor)
         pos = labels < self.num_classes
-        classes = cls_score[:, : self.num_classes]
-        if pos.any():
-            loss_classes = self._seesaw_ce(
-                classes[pos],
-                labels[pos],
-                weight[pos],
-                self.cum_samples[: self.num_classes],
-                avg_factor,
-                reduction,
-            )
-        else:
-            loss_classes = classes[pos].sum()
-        objectness = cls_score[:, self.num_classes :]
-        loss_objectness = weight_reduce_loss(
-            F.cross_entropy(objectness, (labels == self.num_classes).long(), reduction="none"),
-            weight,
-            reduction,
-            avg_factor,
+        # Averaged over the foreground RoIs, as mmdet's SeesawLoss (0 when there is none).
+        loss_classes = (
+            weight_reduce_loss(loss[pos], weight[pos], reduction, avg_factor)
+            if pos.any()
+            else loss.sum()
         )
         return {
-            "loss_cls_objectness": self.loss_weight * loss_objectness,
+            "loss_cls_objectness": self.loss_weight
+            * weight_reduce_loss(loss_objectness, weight, reduction, avg_factor),
             "loss_cls_classes": self.loss_weight * loss_classes,
         }
 
