@@ -3,6 +3,7 @@
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
@@ -84,3 +85,37 @@ def test_no_gradient_no_count_and_checkpoint_round_trip(tmp_path):
         saved["heads"]["roi_head.bbox_head.loss_cls"]["positive"]
         == hook.positive["roi_head.bbox_head.loss_cls"].tolist()
     )
+
+
+def _write_ann(tmp_path):
+    cats = [
+        {"id": i + 1, "instance_count": n, "image_count": n}
+        for i, n in enumerate([2000, 300, 40, 5, 1])
+    ]
+    path = tmp_path / "lvis_v1_train.json"
+    path.write_text(json.dumps({"categories": cats, "images": [{"id": i} for i in range(100)]}))
+    return str(path)
+
+
+@pytest.mark.parametrize("loss", ["EqualizationLoss", "BalancedGroupSoftmaxLoss"])
+def test_eql_and_bags_class_logits_are_split_the_same_way(tmp_path, loss):
+    extra = {"EqualizationLoss": {"lambda_": 0.05}, "BalancedGroupSoftmaxLoss": {}}[loss]
+    loss_cls = MODELS.build(
+        {"type": loss, "num_classes": C, "ann_file": _write_ann(tmp_path)} | extra
+    )
+    model = nn.Module()
+    model.roi_head = nn.Module()
+    model.roi_head.bbox_head = nn.Module()
+    model.roi_head.bbox_head.loss_cls = loss_cls
+    model.roi_head.bbox_head.num_classes = C
+    hook = GradientStatsHook()
+    hook.before_train(SimpleNamespace(model=model))
+    logits = torch.randn(30, loss_cls.get_cls_channels(C), requires_grad=True)
+    labels = torch.randint(0, C + 1, (30,))
+    labels[:C] = torch.arange(C)
+    loss_cls(logits, labels).backward()
+    positive, negative = _hand(logits.grad, labels)
+    name = "roi_head.bbox_head.loss_cls"
+    torch.testing.assert_close(hook.positive[name], positive)
+    torch.testing.assert_close(hook.negative[name], negative)
+    assert (hook.positive[name] > 0).all()
