@@ -53,9 +53,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _data_root(preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
-    from seesaw_repro import configs, synth
+    from seesaw_repro import presets, synth
 
-    preset = configs.PRESETS[preset_name]
+    preset = presets.PRESETS[preset_name]
     if data_root is not None:
         synth.check(data_root, preset.synth)
         return data_root
@@ -135,9 +135,9 @@ def data_synth(
     """
     from dataclasses import replace
 
-    from seesaw_repro import configs, synth
+    from seesaw_repro import presets, synth
 
-    spec = replace(configs.TINY.synth, seed=seed)
+    spec = replace(presets.TINY.synth, seed=seed)
     with console.status(f"Generating {spec.num_train_images} + {spec.num_val_images} images ..."):
         paths = synth.generate(out, spec)
     console.print(f"wrote {paths['train']} and {paths['val']}")

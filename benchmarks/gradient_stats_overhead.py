@@ -20,19 +20,19 @@ from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.dataset import pseudo_collate
 
-from seesaw_repro import configs, mmdet_plugin, synth  # noqa: F401  (registers the hook)
+from seesaw_repro import configs, methods, mmdet_plugin, presets, synth  # noqa: F401  (registers)
 from seesaw_repro.hooks import GradientStatsHook
 from seesaw_repro.losses import ReproSeesawLoss
 
 
 def _step_times(data_root: Path, steps: int) -> tuple[list[float], list[float]]:
-    config = configs.resolve(configs.RunSpec(), "tiny")
+    config = configs.resolve(methods.RunSpec(), "tiny")
     cfg = configs.materialise(config, data_root, data_root / "unused")
     torch.manual_seed(0)
     plain, watched = MODELS.build(cfg.model), MODELS.build(cfg.model)
     GradientStatsHook().before_train(SimpleNamespace(model=watched))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = pseudo_collate([dataset[i] for i in range(configs.TINY.batch_size)])
+    batch = pseudo_collate([dataset[i] for i in range(presets.TINY.batch_size)])
     times: dict[int, list[float]] = {id(plain): [], id(watched): []}
     for step in range(steps + 2):
         for model in (plain, watched) if step % 2 else (watched, plain):
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     register_all_modules()
-    spec = replace(configs.TINY.synth, num_train_images=configs.TINY.batch_size, num_val_images=1)
+    spec = replace(presets.TINY.synth, num_train_images=presets.TINY.batch_size, num_val_images=1)
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(Path(tmp), spec)
         _report("tiny Mask R-CNN training step", *_step_times(Path(tmp), args.steps))

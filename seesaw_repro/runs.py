@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from . import configs
+from . import configs, methods
 from .files import read_json, write_json_atomic, write_text_atomic
 from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
@@ -32,7 +32,7 @@ class PlannedRun:
 
     run_id: str
     preset: str
-    spec: configs.RunSpec
+    spec: methods.RunSpec
     config: dict  # resolved, with the DATA_ROOT and RUNS_DIR placeholders
     rows: tuple[str, ...]
     needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
@@ -40,12 +40,12 @@ class PlannedRun:
 
 def plan(table: Table, preset: str) -> list[PlannedRun]:
     """The distinct runs behind a table's rows, each after the runs it needs (see
-    configs.dependencies); equal configs are one run."""
+    methods.dependencies); equal configs are one run."""
     by_id: dict[str, PlannedRun] = {}
 
-    def add(spec: configs.RunSpec, label: str) -> str:
+    def add(spec: methods.RunSpec, label: str) -> str:
         needs = tuple(
-            add(dep, f"{label} ({role})") for role, dep in configs.dependencies(spec).items()
+            add(dep, f"{label} ({role})") for role, dep in methods.dependencies(spec).items()
         )
         config = configs.resolve(spec, preset)
         rid = configs.run_id(config)

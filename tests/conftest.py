@@ -2,14 +2,14 @@ import dataclasses
 
 import pytest
 
-from seesaw_repro import configs, mmdet_plugin, synth  # noqa: F401  (registers losses, hooks)
+from seesaw_repro import mmdet_plugin, presets, synth  # noqa: F401  (registers losses, hooks)
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """The tiny preset's dataset, generated once for the whole session."""
     root = tmp_path_factory.mktemp("tiny-lvis")
-    synth.generate(root, configs.TINY.synth)
+    synth.generate(root, presets.TINY.synth)
     return root
 
 
@@ -17,11 +17,11 @@ def tiny_data(tmp_path_factory):
 def quick_preset():
     """The tiny preset with a short schedule and a small val split, for pipeline tests."""
     return dataclasses.replace(
-        configs.TINY,
+        presets.TINY,
         name="quick",
         iters_2x=12,
         batch_size=2,
-        synth=dataclasses.replace(configs.TINY.synth, num_val_images=30),
+        synth=dataclasses.replace(presets.TINY.synth, num_val_images=30),
     )
 
 
@@ -34,5 +34,5 @@ def quick_data(tmp_path_factory, quick_preset):
 
 @pytest.fixture
 def with_quick_preset(monkeypatch, quick_preset):
-    monkeypatch.setitem(configs.PRESETS, quick_preset.name, quick_preset)
+    monkeypatch.setitem(presets.PRESETS, quick_preset.name, quick_preset)
     return quick_preset

@@ -8,7 +8,7 @@ from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.dataset import pseudo_collate
 
-from seesaw_repro import configs
+from seesaw_repro import configs, methods
 from seesaw_repro.losses import BalancedGroupSoftmaxLoss
 
 register_all_modules()
@@ -93,7 +93,7 @@ def test_scores_are_group_softmax_times_foreground_probability(ann_file):
 
 @pytest.mark.parametrize("model", ["mask_rcnn", "cascade_mask_rcnn"])
 def test_bags_with_nla_trains_and_predicts(quick_data, model):
-    spec = configs.RunSpec(model=model, loss="bags", nla=True)
+    spec = methods.RunSpec(model=model, loss="bags", nla=True)
     cfg = configs.materialise(configs.resolve(spec, "tiny"), quick_data, quick_data / "unused")
     detector = MODELS.build(cfg.model)
     heads = detector.roi_head.bbox_head

@@ -6,7 +6,7 @@ from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.dataset import pseudo_collate
 
-from seesaw_repro import configs
+from seesaw_repro import configs, methods
 from seesaw_repro.recipes import load_table
 from seesaw_repro.runs import plan
 
@@ -37,22 +37,22 @@ def test_rows_that_resolve_to_one_config_are_one_run():
 
 
 def test_unused_hyper_parameters_do_not_change_the_run():
-    a = configs.resolve(configs.RunSpec(mitigation=False, p=0.8, nla=False, tau=20), "tiny")
-    b = configs.resolve(configs.RunSpec(mitigation=False, p=0.3, nla=False, tau=5), "tiny")
+    a = configs.resolve(methods.RunSpec(mitigation=False, p=0.8, nla=False, tau=20), "tiny")
+    b = configs.resolve(methods.RunSpec(mitigation=False, p=0.3, nla=False, tau=5), "tiny")
     assert configs.run_id(a) == configs.run_id(b)
-    c = configs.resolve(configs.RunSpec(mitigation=True, p=0.3), "tiny")
+    c = configs.resolve(methods.RunSpec(mitigation=True, p=0.3), "tiny")
     assert configs.run_id(a) != configs.run_id(c)
 
 
 def test_paths_are_not_part_of_the_run_id(tmp_path):
-    config = configs.resolve(configs.RunSpec(), "tiny")
+    config = configs.resolve(methods.RunSpec(), "tiny")
     first = configs.materialise(config, tmp_path / "a", tmp_path / "w1")
     second = configs.materialise(config, tmp_path / "b", tmp_path / "w2")
     assert first.train_dataloader.dataset.dataset.data_root == str(tmp_path / "a")
     assert first.val_evaluator.ann_file == f"{tmp_path / 'a'}/annotations/lvis_v1_val.json"
-    assert configs.DATA_ROOT not in first.pretty_text
+    assert methods.DATA_ROOT not in first.pretty_text
     assert second.work_dir == str(tmp_path / "w2")
-    assert configs.run_id(config) == configs.run_id(configs.resolve(configs.RunSpec(), "tiny"))
+    assert configs.run_id(config) == configs.run_id(configs.resolve(methods.RunSpec(), "tiny"))
 
 
 def test_every_table2_model_builds_and_takes_a_training_step(quick_data):
@@ -71,7 +71,7 @@ def test_every_table2_model_builds_and_takes_a_training_step(quick_data):
 
 
 def test_norm_mask_is_a_normalized_1x1_conv_with_tau(quick_data):
-    config = configs.resolve(configs.RunSpec(norm_mask=True, tau=20.0), "tiny")
+    config = configs.resolve(methods.RunSpec(norm_mask=True, tau=20.0), "tiny")
     cfg = configs.materialise(config, quick_data, quick_data / "unused")
     model = MODELS.build(cfg.model)
     conv = model.roi_head.mask_head.conv_logits
@@ -80,7 +80,7 @@ def test_norm_mask_is_a_normalized_1x1_conv_with_tau(quick_data):
     expected = 20.0 * torch.einsum("oc,nchw->nohw", w, torch.nn.functional.normalize(x, dim=1))
     expected = expected + conv.bias[None, :, None, None]
     torch.testing.assert_close(conv(x), expected, rtol=1e-4, atol=1e-4)
-    plain = configs.resolve(configs.RunSpec(), "tiny")
+    plain = configs.resolve(methods.RunSpec(), "tiny")
     assert "predictor_cfg" not in plain["model"]["roi_head"]["mask_head"]
     assert configs.run_id(plain) != configs.run_id(config)
 
@@ -88,7 +88,7 @@ def test_norm_mask_is_a_normalized_1x1_conv_with_tau(quick_data):
 def test_no_objectness_and_dataset_counts_build_and_train(quick_data):
     import json
 
-    spec = configs.RunSpec(objectness=False, counts="dataset")
+    spec = methods.RunSpec(objectness=False, counts="dataset")
     cfg = configs.materialise(configs.resolve(spec, "tiny"), quick_data, quick_data / "unused")
     model = MODELS.build(cfg.model)
     head = model.roi_head.bbox_head
@@ -106,7 +106,7 @@ def test_no_objectness_and_dataset_counts_build_and_train(quick_data):
 
 def test_eql_mask_rcnn_trains_and_predicts(quick_data):
     cfg = configs.materialise(
-        configs.resolve(configs.RunSpec(loss="eql"), "tiny"), quick_data, quick_data / "unused"
+        configs.resolve(methods.RunSpec(loss="eql"), "tiny"), quick_data, quick_data / "unused"
     )
     model = MODELS.build(cfg.model)
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
@@ -124,7 +124,7 @@ def test_eql_mask_rcnn_trains_and_predicts(quick_data):
 
 
 def test_cascade_mask_rcnn_has_seesaw_in_all_three_stages_and_trains(quick_data):
-    spec = configs.RunSpec(model="cascade_mask_rcnn", norm_mask=True)
+    spec = methods.RunSpec(model="cascade_mask_rcnn", norm_mask=True)
     cfg = configs.materialise(configs.resolve(spec, "tiny"), quick_data, quick_data / "unused")
     model = MODELS.build(cfg.model)
     heads = model.roi_head.bbox_head
@@ -149,7 +149,7 @@ def test_cascade_mask_rcnn_has_seesaw_in_all_three_stages_and_trains(quick_data)
 
 
 def test_a_switch_must_be_a_boolean():
-    with pytest.raises(configs.SpecError, match="nla must be true or false"):
-        configs.RunSpec(nla="yes")
-    with pytest.raises(configs.SpecError, match="counts = 'oracle'"):
-        configs.RunSpec(counts="oracle")
+    with pytest.raises(methods.SpecError, match="nla must be true or false"):
+        methods.RunSpec(nla="yes")
+    with pytest.raises(methods.SpecError, match="counts = 'oracle'"):
+        methods.RunSpec(counts="oracle")

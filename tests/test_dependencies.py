@@ -6,18 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from seesaw_repro import configs
+from seesaw_repro import configs, methods
 from seesaw_repro.compat import load_from_local_trusted
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import Row, Table, load_table
 from seesaw_repro.runs import RunDir, plan
 
-DE_SEESAW = configs.RunSpec(decoupled="rfs", schedule="1x")
-DE_EQL = configs.RunSpec(decoupled="rfs", schedule="1x", loss="eql", nla=False)
-PRE_RECORD = configs.RunSpec(counts="checkpoint")
+DE_SEESAW = methods.RunSpec(decoupled="rfs", schedule="1x")
+DE_EQL = methods.RunSpec(decoupled="rfs", schedule="1x", loss="eql", nla=False)
+PRE_RECORD = methods.RunSpec(counts="checkpoint")
 
 
-def _table(**rows: configs.RunSpec) -> Table:
+def _table(**rows: methods.RunSpec) -> Table:
     return Table("test", "test", "", [], [Row(key, spec) for key, spec in rows.items()])
 
 
@@ -33,14 +33,14 @@ def test_a_decoupled_run_loads_the_ce_baseline_and_shares_it():
     assert de_seesaw.config["load_from"] == f"${{RUNS_DIR}}/{pretrained.run_id}/iter_400.pth"
     assert {"type": "ClassifierFinetuneHook"} in de_seesaw.config["custom_hooks"]
     assert de_seesaw.config["train_cfg"]["max_iters"] == 200  # fine-tuned 1x
-    random = plan(_table(de=configs.RunSpec(decoupled="random", schedule="1x")), "tiny")
+    random = plan(_table(de=methods.RunSpec(decoupled="random", schedule="1x")), "tiny")
     assert random[0].run_id != pretrained.run_id
     assert random[0].spec.sampler == "random"
 
 
 def test_pre_record_counts_come_from_the_online_run():
     online, pre_record = plan(_table(pre_record=PRE_RECORD), "tiny")
-    assert online.spec == configs.RunSpec(counts="online")
+    assert online.spec == methods.RunSpec(counts="online")
     assert pre_record.needs == (online.run_id,)
     loss = pre_record.config["model"]["roi_head"]["bbox_head"]["loss_cls"]
     assert loss["counts"] == "checkpoint"

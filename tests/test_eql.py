@@ -7,7 +7,7 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
-from seesaw_repro import configs
+from seesaw_repro import configs, methods
 from seesaw_repro.losses import EqualizationLoss
 
 register_all_modules()
@@ -55,8 +55,8 @@ def test_foreground_rois_send_no_negative_gradient_to_tail_classes(ann_file):
 
 
 def test_eql_rows_resolve_without_seesaw_fields(quick_data):
-    a = configs.resolve(configs.RunSpec(loss="eql", p=0.1, objectness=False), "tiny")
-    b = configs.resolve(configs.RunSpec(loss="eql"), "tiny")
+    a = configs.resolve(methods.RunSpec(loss="eql", p=0.1, objectness=False), "tiny")
+    b = configs.resolve(methods.RunSpec(loss="eql"), "tiny")
     assert configs.run_id(a) == configs.run_id(b)
     head = a["model"]["roi_head"]["bbox_head"]
     assert head["loss_cls"]["type"] == "EqualizationLoss"

@@ -9,8 +9,8 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from torch import nn
 
-from seesaw_repro.configs import RunSpec, _bbox_head_method
 from seesaw_repro.hooks import GradientStatsHook
+from seesaw_repro.methods import RunSpec, bbox_head_method
 
 register_all_modules()
 C = 5
@@ -22,7 +22,7 @@ def _model(**spec):
         "in_channels": 4,
         "fc_out_channels": 8,
         "roi_feat_size": 2,
-        **_bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3),
+        **bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3),
     }
     model = nn.Module()
     model.roi_head = nn.Module()

@@ -5,8 +5,8 @@ from dataclasses import replace
 
 import pytest
 
-from seesaw_repro.configs import RunSpec
 from seesaw_repro.executors import run_local
+from seesaw_repro.methods import RunSpec
 from seesaw_repro.recipes import Row, Table
 from seesaw_repro.report import METRICS
 from seesaw_repro.runs import RunDir, plan

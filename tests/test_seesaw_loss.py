@@ -7,14 +7,14 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
-from seesaw_repro.configs import RunSpec, _bbox_head_method
+from seesaw_repro.methods import RunSpec, bbox_head_method
 
 register_all_modules()
 C = 6
 
 
 def build(**spec):
-    head = _bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3)
+    head = bbox_head_method(RunSpec(**spec), C, tail_fraction=1e-3)
     return MODELS.build(head["loss_cls"]), head
 
 

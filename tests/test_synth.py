@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 from lvis import LVIS
 
-from seesaw_repro import configs, synth
+from seesaw_repro import presets, synth
 from seesaw_repro.errors import UserError
 
 
@@ -77,12 +77,12 @@ def test_loads_in_mmdet_lvis_v1_dataset(tiny_data):
         data_prefix={"img": ""},
         pipeline=[],
     )
-    assert len(dataset) == configs.TINY.synth.num_train_images
+    assert len(dataset) == presets.TINY.synth.num_train_images
     item = dataset[0]
     assert item["img_path"].startswith(str(tiny_data / "train2017"))
     assert (tiny_data / "train2017" / item["img_path"].split("/")[-1]).exists()
     labels = {inst["bbox_label"] for inst in item["instances"]}
-    assert labels <= set(range(configs.TINY.synth.num_categories))
+    assert labels <= set(range(presets.TINY.synth.num_categories))
 
 
 def _digest(root):
@@ -94,7 +94,7 @@ def _digest(root):
 
 
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
-    small = replace(configs.TINY.synth, num_train_images=320, num_val_images=20)
+    small = replace(presets.TINY.synth, num_train_images=320, num_val_images=20)
     synth.generate(tmp_path / "a", small)
     synth.generate(tmp_path / "b", small)
     synth.generate(tmp_path / "c", replace(small, seed=1))
@@ -104,10 +104,10 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
 
 def test_check_names_what_is_missing(tmp_path, tiny_data):
     with pytest.raises(UserError, match="does not exist"):
-        synth.check(tmp_path / "nowhere", configs.TINY.synth)
+        synth.check(tmp_path / "nowhere", presets.TINY.synth)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="lvis_v1_train.json"):
-        synth.check(tmp_path / "empty", configs.TINY.synth)
+        synth.check(tmp_path / "empty", presets.TINY.synth)
     with pytest.raises(UserError, match="generated with"):
-        synth.check(tiny_data, replace(configs.TINY.synth, seed=7))
-    synth.check(tiny_data, configs.TINY.synth)
+        synth.check(tiny_data, replace(presets.TINY.synth, seed=7))
+    synth.check(tiny_data, presets.TINY.synth)

@@ -1,0 +1,219 @@
+"""The methods the paper compares, as parts of an mmdet config: what a RunSpec switches on.
+
+These parts are the same in every preset (presets.py); a preset only chooses the data, the
+model's size and the schedule. Paths are placeholders (DATA_ROOT, RUNS_DIR) that
+configs.materialise fills in, so they never enter a run's identity.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import UserError
+
+DATA_ROOT = "${DATA_ROOT}"
+RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
+
+
+class SpecError(UserError):
+    """A recipe or option asks for something the suite cannot build."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run trains: method and model, independent of preset, paths and GPUs."""
+
+    model: str = "mask_rcnn"
+    loss: str = "seesaw"  # "seesaw" | "eql" (Equalization Loss) | "bags" (Balanced Group Softmax)
+    backbone: str = "r50"
+    sampler: str = "rfs"  # "random" | "rfs" (repeat factor sampling)
+    schedule: str = "2x"
+    mitigation: bool = True  # Seesaw's mitigation factor, Eq. 7
+    compensation: bool = True  # Seesaw's compensation factor, Eq. 8
+    p: float = 0.8
+    q: float = 2.0
+    objectness: bool = True  # the objectness branch of Sec. 3.3 (Table 8 switches it off)
+    # Seesaw's class counts N (Table 4): "online", "dataset", or "checkpoint" (recorded by
+    # a trained Seesaw run of this spec with online counts: "Pre-Record").
+    counts: str = "online"
+    nla: bool = True  # normalized linear activation of the box classifier
+    tau: float = 20.0
+    norm_mask: bool = False  # Normalized Mask Prediction (Sec. 3.3), same tau as NLA
+    gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
+    # Decoupled training (Table 9): "" trains end to end; "random" or "rfs" fine-tunes only the
+    # box classifier's last layer of a CE model pre-trained 2x with that sampler.
+    decoupled: str = ""
+
+    CHOICES = {
+        "model": ("mask_rcnn", "cascade_mask_rcnn"),
+        "loss": ("seesaw", "eql", "bags"),
+        "backbone": ("r50", "r101"),
+        "sampler": ("random", "rfs"),
+        "schedule": ("1x", "2x"),
+        "counts": ("online", "dataset", "checkpoint"),
+        "decoupled": ("", "random", "rfs"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "bool" and not isinstance(value, bool):
+                raise SpecError(f"{field.name} must be true or false, not {value!r}")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The keys a recipe may set."""
+        return {f.name for f in fields(cls)}
+
+
+def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
+    """The runs whose final checkpoint `spec` needs, by role.
+
+    "pretrained": for a decoupled run, the paper's CE baseline (Table 2's first row: softmax
+    cross-entropy with the objectness branch, no NLA) trained 2x with the given sampler, of
+    the same model, backbone and mask head. "counts": for Pre-Record counts, the same run
+    with online counts.
+    """
+    needs = {}
+    if spec.decoupled:
+        needs["pretrained"] = RunSpec(
+            model=spec.model,
+            backbone=spec.backbone,
+            sampler=spec.decoupled,
+            schedule="2x",
+            loss="seesaw",
+            mitigation=False,
+            compensation=False,
+            objectness=True,
+            nla=False,
+            norm_mask=spec.norm_mask,
+            tau=spec.tau,
+        )
+    if spec.loss == "seesaw" and spec.counts == "checkpoint":
+        needs["counts"] = replace(spec, counts="online", gradient_stats=False)
+    return needs
+
+
+def bbox_head_method(
+    spec: RunSpec, num_classes: int, tail_fraction: float, counts_checkpoint: str | None = None
+) -> dict:
+    """The part of the box head that is the method: its loss and NLA.
+
+    Seesaw: a factor switched off is p = 0 or q = 0; with both off and the objectness branch
+    it is softmax cross-entropy over the C classes plus the objectness branch (C + 2 outputs).
+    EQL: tail classes are those in fewer than `tail_fraction` of the training images.
+    BAGS: the paper's groups by training-instance count, in every preset.
+    """
+    ann_file = f"{DATA_ROOT}/annotations/lvis_v1_train.json"
+    loss: dict[str, Any]
+    if spec.loss == "bags":
+        loss = {
+            "type": "BalancedGroupSoftmaxLoss",
+            "num_classes": num_classes,
+            "ann_file": ann_file,
+        }
+    elif spec.loss == "eql":
+        loss = {
+            "type": "EqualizationLoss",
+            "num_classes": num_classes,
+            "ann_file": ann_file,
+            "lambda_": tail_fraction,
+        }
+    else:
+        loss = {
+            "type": "ReproSeesawLoss",
+            "num_classes": num_classes,
+            "p": spec.p if spec.mitigation else 0.0,
+            "q": spec.q if spec.compensation else 0.0,
+            "objectness": spec.objectness,
+            "counts": spec.counts,
+            "loss_weight": 1.0,
+        }
+        if spec.counts == "dataset":
+            loss["ann_file"] = ann_file
+        elif spec.counts == "checkpoint":
+            loss["checkpoint"] = counts_checkpoint
+    head: dict[str, Any] = {"num_classes": num_classes, "loss_cls": loss}
+    if spec.nla:
+        # mmdet spells the argument "tempearture".
+        head["cls_predictor_cfg"] = {"type": "NormedLinear", "tempearture": spec.tau}
+    return head
+
+
+def mask_head_method(spec: RunSpec) -> dict:
+    """Normalized Mask Prediction: the mask head's final 1x1 conv on L2-normalised weights
+    and features, times tau (mmdet's NormedConv2d normalises exactly those)."""
+    if not spec.norm_mask:
+        return {}
+    return {"predictor_cfg": {"type": "NormedConv2d", "tempearture": spec.tau}}
+
+
+CASCADE_STAGES = (  # (IoU threshold, box-delta target stds) of mmdet's Cascade Mask R-CNN
+    (0.5, [0.1, 0.1, 0.2, 0.2]),
+    (0.6, [0.05, 0.05, 0.1, 0.1]),
+    (0.7, [0.033, 0.033, 0.067, 0.067]),
+)
+
+
+def cascade(mask_rcnn: dict) -> dict:
+    """Cascade Mask R-CNN from a Mask R-CNN config: three box stages of rising IoU, each with
+    the same classifier and loss (so Seesaw is in all three), class-agnostic regression, and
+    a mask head per stage (mmdet copies the one given)."""
+    model = copy.deepcopy(mask_rcnn)
+    model["type"] = "CascadeRCNN"
+    roi_head, rcnn = model["roi_head"], model["train_cfg"]["rcnn"]
+    roi_head["type"] = "CascadeRoIHead"
+    roi_head["num_stages"] = len(CASCADE_STAGES)
+    roi_head["stage_loss_weights"] = [1.0, 0.5, 0.25]
+    roi_head["bbox_head"] = [
+        {
+            **roi_head["bbox_head"],
+            "reg_class_agnostic": True,
+            "bbox_coder": {**roi_head["bbox_head"]["bbox_coder"], "target_stds": stds},
+        }
+        for _, stds in CASCADE_STAGES
+    ]
+    model["train_cfg"]["rcnn"] = [
+        {
+            **rcnn,
+            "assigner": {
+                **rcnn["assigner"],
+                "pos_iou_thr": iou,
+                "neg_iou_thr": iou,
+                "min_pos_iou": iou,
+                "match_low_quality": False,
+            },
+        }
+        for iou, _ in CASCADE_STAGES
+    ]
+    return model
+
+
+def finetune_classifier(config: dict, pretrained: str) -> None:
+    """Decoupled training: start from `pretrained` and train only the box classifiers' last
+    layer (hooks.ClassifierFinetuneHook)."""
+    config["load_from"] = pretrained
+    config["custom_hooks"].append({"type": "ClassifierFinetuneHook"})
+    # The frozen parameters get no gradient, which DDP must be told about.
+    config["model_wrapper_cfg"] = {
+        "type": "MMDistributedDataParallel",
+        "find_unused_parameters": True,
+    }
+
+
+def suite_parts(spec: RunSpec) -> dict:
+    """What every config needs for the suite: its mmdet plugin and the hooks that leave the
+    run's state on disk (hooks.py), with Figure 3's gradient statistics when asked for."""
+    return {
+        "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
+        "custom_hooks": [
+            {"type": "ProgressFileHook"},
+            {"type": "MetricsFileHook"},
+            *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
+        ],
+    }

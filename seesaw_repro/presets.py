@@ -1,0 +1,330 @@
+"""Presets: the scale of the experiments. `tiny` runs on a CPU on generated data; `paper`
+is Section 4.1 of the paper on LVIS v1. Both take the method parts from methods.py."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import synth
+from .methods import DATA_ROOT, RunSpec, bbox_head_method, cascade, mask_head_method, suite_parts
+
+
+@dataclass(frozen=True)
+class TinyPreset:
+    """A CPU-sized stand-in for the paper's setup on the generated dataset (see synth.py).
+
+    Scale, not method: a ResNet-18 of 1/4 width trained from scratch, 128 px images, an
+    iteration-based schedule whose learning-rate steps fall where the paper's 2x schedule
+    puts them (16/24 and 22/24 of the way).
+    """
+
+    name: str = "tiny"
+    synth: synth.SynthSpec = synth.SynthSpec()
+    iters_2x: int = 400
+    batch_size: int = 8
+    lr: float = 0.02
+    base_channels: int = 16
+    fpn_channels: int = 64
+
+    def max_iters(self, schedule: str) -> int:
+        """Training iterations for a paper schedule name."""
+        return self.iters_2x if schedule == "2x" else self.iters_2x // 2
+
+    def config(self, spec: RunSpec, counts_checkpoint: str | None = None) -> dict:
+        """The config of `spec` at this scale (placeholders for paths)."""
+        return _tiny_config(spec, self, counts_checkpoint)
+
+    def default_data_root(self, work_dir: Path) -> Path:
+        """Where `seesaw repro` generates this preset's dataset when no data root is given."""
+        return Path(work_dir) / "data" / f"tiny-lvis-seed{self.synth.seed}"
+
+
+TINY = TinyPreset()
+PRESETS = {TINY.name: TINY}
+
+
+def _tail_fraction(preset: TinyPreset) -> float:
+    # RFS's threshold 1e-3 on LVIS v1's 100k training images oversamples the categories seen
+    # in fewer than 100 images (rare and common); EQL's lambda (1.76e-3 on LVIS v0.5's 57k
+    # images) marks the same boundary as tail. On the generated train split that boundary is:
+    return synth.COMMON_MAX_IMAGES / preset.synth.num_train_images
+
+
+def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | None) -> dict:
+    num_classes = preset.synth.num_categories
+    classes = tuple(
+        f"digit_{d}_{c}" for c in synth.COLOURS for d in range(10)
+    )  # the category order synth.generate writes
+    size = preset.synth.canvas
+    scales = [(s, s) for s in (size - 16, size - 8, size, size + 8, size + 16)]
+    max_iters = preset.max_iters(spec.schedule)
+    norm = {"type": "BN", "requires_grad": True}
+    depth = {"r50": 18, "r101": 34}[spec.backbone]  # tiny stand-ins, deeper for r101
+    widths = [preset.base_channels * 2**i for i in range(4)]
+    fpn = preset.fpn_channels
+    train_dataset: dict[str, Any] = {
+        "type": "LVISV1Dataset",
+        "data_root": DATA_ROOT,
+        "ann_file": "annotations/lvis_v1_train.json",
+        "data_prefix": {"img": ""},
+        "metainfo": {"classes": classes},
+        "filter_cfg": {"filter_empty_gt": True, "min_size": 4},
+        "pipeline": [
+            {"type": "LoadImageFromFile"},
+            {"type": "LoadAnnotations", "with_bbox": True, "with_mask": True},
+            {"type": "RandomChoiceResize", "scales": scales, "keep_ratio": True},
+            # No flip: a mirrored digit is no longer that digit.
+            {"type": "PackDetInputs"},
+        ],
+    }
+    if spec.sampler == "rfs":
+        train_dataset = {
+            "type": "ClassBalancedDataset",
+            "oversample_thr": _tail_fraction(preset),
+            "dataset": train_dataset,
+        }
+    val_dataset = {
+        "type": "LVISV1Dataset",
+        "data_root": DATA_ROOT,
+        "ann_file": "annotations/lvis_v1_val.json",
+        "data_prefix": {"img": ""},
+        "metainfo": {"classes": classes},
+        "test_mode": True,
+        "pipeline": [
+            {"type": "LoadImageFromFile"},
+            {"type": "Resize", "scale": (size, size), "keep_ratio": True},
+            {"type": "LoadAnnotations", "with_bbox": True, "with_mask": True},
+            {
+                "type": "PackDetInputs",
+                "meta_keys": ("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"),
+            },
+        ],
+    }
+    bbox_head = {
+        "type": "Shared2FCBBoxHead",
+        "in_channels": fpn,
+        "fc_out_channels": 128,
+        "roi_feat_size": 7,
+        "bbox_coder": {
+            "type": "DeltaXYWHBBoxCoder",
+            "target_means": [0.0, 0.0, 0.0, 0.0],
+            "target_stds": [0.1, 0.1, 0.2, 0.2],
+        },
+        "reg_class_agnostic": False,
+        "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+        **bbox_head_method(spec, num_classes, _tail_fraction(preset), counts_checkpoint),
+    }
+    model = {
+        "type": "MaskRCNN",
+        "data_preprocessor": {
+            "type": "DetDataPreprocessor",
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "bgr_to_rgb": True,
+            "pad_mask": True,
+            "pad_size_divisor": 32,
+        },
+        "backbone": {
+            "type": "ResNet",
+            "depth": depth,
+            "base_channels": preset.base_channels,
+            "num_stages": 4,
+            "out_indices": (0, 1, 2, 3),
+            "frozen_stages": -1,
+            "norm_cfg": norm,
+            "norm_eval": False,
+            "style": "pytorch",
+        },
+        "neck": {"type": "FPN", "in_channels": widths, "out_channels": fpn, "num_outs": 5},
+        "rpn_head": {
+            "type": "RPNHead",
+            "in_channels": fpn,
+            "feat_channels": fpn,
+            "anchor_generator": {
+                "type": "AnchorGenerator",
+                "scales": [4],  # anchors of 16-256 px: the digits are 15-40 px
+                "ratios": [0.5, 1.0, 2.0],
+                "strides": [4, 8, 16, 32, 64],
+            },
+            "bbox_coder": {
+                "type": "DeltaXYWHBBoxCoder",
+                "target_means": [0.0, 0.0, 0.0, 0.0],
+                "target_stds": [1.0, 1.0, 1.0, 1.0],
+            },
+            "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": 1.0},
+            "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+        },
+        "roi_head": {
+            "type": "StandardRoIHead",
+            "bbox_roi_extractor": {
+                "type": "SingleRoIExtractor",
+                "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0},
+                "out_channels": fpn,
+                "featmap_strides": [4, 8, 16, 32],
+            },
+            "bbox_head": bbox_head,
+            "mask_roi_extractor": {
+                "type": "SingleRoIExtractor",
+                "roi_layer": {"type": "RoIAlign", "output_size": 14, "sampling_ratio": 0},
+                "out_channels": fpn,
+                "featmap_strides": [4, 8, 16, 32],
+            },
+            "mask_head": {
+                "type": "FCNMaskHead",
+                "num_convs": 2,
+                "in_channels": fpn,
+                "conv_out_channels": fpn // 2,
+                "num_classes": num_classes,
+                "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
+                **mask_head_method(spec),
+            },
+        },
+        "train_cfg": {
+            "rpn": {
+                "assigner": {
+                    "type": "MaxIoUAssigner",
+                    "pos_iou_thr": 0.7,
+                    "neg_iou_thr": 0.3,
+                    "min_pos_iou": 0.3,
+                    "match_low_quality": True,
+                    "ignore_iof_thr": -1,
+                },
+                "sampler": {
+                    "type": "RandomSampler",
+                    "num": 64,
+                    "pos_fraction": 0.5,
+                    "neg_pos_ub": -1,
+                    "add_gt_as_proposals": False,
+                },
+                "allowed_border": -1,
+                "pos_weight": -1,
+                "debug": False,
+            },
+            "rpn_proposal": {
+                "nms_pre": 500,
+                "max_per_img": 200,
+                "nms": {"type": "nms", "iou_threshold": 0.7},
+                "min_bbox_size": 0,
+            },
+            "rcnn": {
+                "assigner": {
+                    "type": "MaxIoUAssigner",
+                    "pos_iou_thr": 0.5,
+                    "neg_iou_thr": 0.5,
+                    "min_pos_iou": 0.5,
+                    "match_low_quality": True,
+                    "ignore_iof_thr": -1,
+                },
+                "sampler": {
+                    "type": "RandomSampler",
+                    "num": 64,  # RoIs per image; the mask head's cost grows with the positives
+                    "pos_fraction": 0.25,
+                    "neg_pos_ub": -1,
+                    "add_gt_as_proposals": True,
+                },
+                "mask_size": 28,
+                "pos_weight": -1,
+                "debug": False,
+            },
+        },
+        "test_cfg": {
+            "rpn": {
+                "nms_pre": 300,
+                "max_per_img": 100,
+                "nms": {"type": "nms", "iou_threshold": 0.7},
+                "min_bbox_size": 0,
+            },
+            "rcnn": {
+                "score_thr": 1e-3,  # as the paper
+                "nms": {"type": "nms", "iou_threshold": 0.5},
+                "max_per_img": 100,
+                "mask_thr_binary": 0.5,
+            },
+        },
+    }
+    if spec.model == "cascade_mask_rcnn":
+        model = cascade(model)
+    checkpoint_every = max(1, max_iters // 6)
+    return {
+        **suite_parts(spec),
+        "default_scope": "mmdet",
+        # Part of the run id: the same method on other data is another run.
+        "seesaw": {"preset": preset.name, "synth": asdict(preset.synth)},
+        "model": model,
+        "train_dataloader": {
+            "batch_size": preset.batch_size,
+            "num_workers": 0,
+            "persistent_workers": False,
+            "sampler": {"type": "InfiniteSampler", "shuffle": True},
+            "batch_sampler": {"type": "AspectRatioBatchSampler"},
+            "dataset": train_dataset,
+        },
+        "val_dataloader": {
+            "batch_size": 1,
+            "num_workers": 0,
+            "persistent_workers": False,
+            "drop_last": False,
+            "sampler": {"type": "DefaultSampler", "shuffle": False},
+            "dataset": val_dataset,
+        },
+        "val_evaluator": {
+            "type": "LVISMetric",
+            "ann_file": f"{DATA_ROOT}/annotations/lvis_v1_val.json",
+            "metric": ["bbox", "segm"],
+        },
+        "train_cfg": {
+            "type": "IterBasedTrainLoop",
+            "max_iters": max_iters,
+            "val_interval": max_iters,
+        },
+        "val_cfg": {"type": "ValLoop"},
+        "optim_wrapper": {
+            "type": "OptimWrapper",
+            "optimizer": {"type": "SGD", "lr": preset.lr, "momentum": 0.9, "weight_decay": 1e-4},
+        },
+        "param_scheduler": [
+            {"type": "LinearLR", "start_factor": 0.001, "by_epoch": False, "begin": 0, "end": 50},
+            {
+                "type": "MultiStepLR",
+                "by_epoch": False,
+                "begin": 0,
+                "end": max_iters,
+                "milestones": [max_iters * 16 // 24, max_iters * 22 // 24],
+                "gamma": 0.1,
+            },
+        ],
+        "default_hooks": {
+            "timer": {"type": "IterTimerHook"},
+            "logger": {"type": "LoggerHook", "interval": 20},
+            "param_scheduler": {"type": "ParamSchedulerHook"},
+            "checkpoint": {
+                "type": "CheckpointHook",
+                "by_epoch": False,
+                "interval": checkpoint_every,
+                # mmengine deletes the oldest checkpoint *before* writing the next one; with two
+                # kept, a kill during a write still leaves the previous one to resume from.
+                "max_keep_ckpts": 2,
+            },
+            "sampler_seed": {"type": "DistSamplerSeedHook"},
+            "visualization": {"type": "DetVisualizationHook"},
+        },
+        "env_cfg": {
+            "cudnn_benchmark": False,
+            "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},
+            "dist_cfg": {"backend": "nccl"},
+        },
+        "vis_backends": [{"type": "LocalVisBackend"}],
+        "visualizer": {
+            "type": "DetLocalVisualizer",
+            "vis_backends": [{"type": "LocalVisBackend"}],
+            "name": "visualizer",
+        },
+        "log_processor": {"type": "LogProcessor", "window_size": 20, "by_epoch": False},
+        "log_level": "INFO",
+        "load_from": None,
+        # job.py resumes when the run dir has a checkpoint (mmdet's tools/train.py: --resume).
+        "resume": False,
+        "randomness": {"seed": 0},
+    }
