@@ -53,15 +53,10 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _data_root(preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
-    from seesaw_repro import presets, synth
+    from seesaw_repro import presets
 
-    preset = presets.PRESETS[preset_name]
-    if data_root is not None:
-        synth.check(data_root, preset.synth)
-        return data_root
-    root = preset.default_data_root(work_dir)
-    with console.status(f"Generating the tiny dataset in {root} ..."):
-        return synth.ensure(root, preset.synth)
+    with console.status("Preparing the dataset (the tiny preset generates it once) ..."):
+        return presets.PRESETS[preset_name].prepare_data(data_root, work_dir)
 
 
 @app.command()

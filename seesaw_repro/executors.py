@@ -108,7 +108,9 @@ def run_local(
                     run_dir.set_status(
                         "running", pid=process.pid, started=time.time(), log=str(run_dir.log_file)
                     )
-                    total = run.config["train_cfg"]["max_iters"]
+                    # Epoch-based configs learn their iteration count from the first
+                    # progress file (it depends on the dataset's size).
+                    total = run.config["train_cfg"].get("max_iters")
                     task = progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
                     active.append(_Active(run, run_dir, process, task, log))
                 time.sleep(0.5)
@@ -119,6 +121,7 @@ def run_local(
                         progress.update(
                             item.task,
                             completed=info["iter"],
+                            total=info["max_iters"],
                             description=f"{item.run.run_id} {item.run.rows[0]}{phase}",
                         )
                     code = item.process.poll()
