@@ -28,25 +28,38 @@ def paper_numbers(table: Table) -> pd.DataFrame:
 
 
 def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
-    """One row per table row: run id, state, and per metric the paper, reproduced, delta."""
+    """One row per row of the paper's table: run id, state, and per metric the paper,
+    reproduced, delta. A paper row without a recipe row (its setting unreadable, or a split
+    the suite does not run) is listed with state "not run" and its note."""
     paper = paper_numbers(table)
     missing = [row.key for row in table.rows if row.key not in paper.index]
     if missing:
         raise RecipeError(f"{table.paper_csv} has no row for {', '.join(missing)}")
+    recipe_rows = {row.key: row for row in table.rows}
+    unexplained = [k for k in paper.index if k not in recipe_rows and not paper.at[k, "note"]]
+    if unexplained:
+        raise RecipeError(
+            f"{table.paper_csv}: row(s) {', '.join(unexplained)} have no recipe row and no "
+            "note saying why"
+        )
     records = []
-    for row in table.rows:
-        rid = configs.run_id(configs.resolve(row.spec, preset))
-        run_dir = RunDir(work_dir, rid)
-        measured = run_dir.metrics() or {}
-        record = {"row": row.key, "run_id": rid, "state": run_dir.status()["state"]}
-        record.update({col: paper.at[row.key, col] for col in table.columns})
+    for key in paper.index:
+        row = recipe_rows.get(key)
+        if row is None:
+            rid, state, measured = "", "not run", {}
+        else:
+            rid = configs.run_id(configs.resolve(row.spec, preset))
+            run_dir = RunDir(work_dir, rid)
+            rid, state, measured = rid, run_dir.status()["state"], run_dir.metrics() or {}
+        record = {"row": key, "run_id": rid, "state": state}
+        record.update({col: paper.at[key, col] for col in table.columns})
         for metric in METRICS:
             ours = measured.get(metric, math.nan)
-            theirs = paper.at[row.key, metric]
+            theirs = paper.at[key, metric]
             record[f"{metric}_paper"] = theirs
             record[f"{metric}_repro"] = ours
             record[f"{metric}_delta"] = ours - theirs
-        record["note"] = paper.at[row.key, "note"]
+        record["note"] = paper.at[key, "note"]
         records.append(record)
     return pd.DataFrame.from_records(records)
 
