@@ -117,6 +117,89 @@ def report_command(
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
 
 
+def _tables(table: str) -> list:
+    from seesaw_repro import recipes
+
+    names = recipes.known_tables() if table.strip().lower() == "all" else [table]
+    return [recipes.load_table(name) for name in names]
+
+
+@app.command()
+@user_errors
+def plan(
+    table: str = typer.Argument(..., help="A paper table (e.g. table9), or 'all'."),
+    preset: str = PRESET,
+) -> None:
+    """List the runs a table needs, what each needs first, and their estimated cost.
+
+    Rows of different tables with the same config are one run. The cost estimate and its
+    sources are in seesaw_repro/presets.py (`cost` of each preset).
+    """
+    from rich.table import Table as RichTable
+
+    from seesaw_repro import presets, runs
+
+    tables = _tables(table)
+    planned = runs.plan_tables(tables, preset)
+    scale = presets.PRESETS[preset]
+    out = RichTable(title=f"Runs for {table}, preset {preset}")
+    out.add_column("run", no_wrap=True)
+    out.add_column("model")
+    out.add_column("rows", overflow="fold")
+    out.add_column("needs", no_wrap=True)
+    out.add_column(scale.cost_unit, justify="right")
+    total = 0.0
+    for run in planned:
+        cost = scale.cost(run.spec)
+        total += cost
+        spec = run.spec
+        model = f"{spec.model} {spec.backbone} {spec.sampler} {spec.schedule}"
+        out.add_row(run.run_id, model, "\n".join(run.rows), " ".join(run.needs), f"{cost:.1f}")
+    Console().print(out)
+    rows = sum(len(t.rows) for t in tables)
+    Console().print(
+        f"{rows} table rows, {len(planned)} distinct runs, "
+        f"estimated {total:,.0f} {scale.cost_unit} in all."
+    )
+
+
+@app.command()
+@user_errors
+def config(
+    run_id: str = typer.Argument(..., help="A run id, as `seesaw plan` lists it."),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Put this data root into the config (else a placeholder)."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write the config to this file."),
+) -> None:
+    """Print a run's mmdet config: `python tools/train.py FILE` of mmdet trains it as is.
+
+    Without --data-root the tiny preset's generated data root is put in, and the paper
+    preset keeps the placeholder ${DATA_ROOT}.
+    """
+    from seesaw_repro import configs, presets, runs
+    from seesaw_repro.errors import UserError
+
+    planned = {r.run_id: r for r in runs.plan_tables(_tables("all"), preset)}
+    matches = [rid for rid in planned if rid.startswith(run_id)]
+    if len(matches) != 1:
+        found = "no run" if not matches else f"{len(matches)} runs"
+        raise UserError(
+            f"{found} of preset {preset!r} has an id starting with {run_id!r}; "
+            f"`seesaw plan all --preset {preset}` lists them"
+        )
+    run = planned[matches[0]]
+    root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
+    cfg = configs.materialise(run.config, root, work_dir / "runs" / run.run_id)
+    if out:
+        out.write_text(cfg.pretty_text)
+        console.print(f"wrote {out} (run {run.run_id}: {', '.join(run.rows)})")
+    else:
+        typer.echo(cfg.pretty_text)
+
+
 @data_app.command("synth")
 @user_errors
 def data_synth(

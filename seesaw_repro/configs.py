@@ -50,11 +50,12 @@ def run_id(config: dict) -> str:
 
 
 def materialise(
-    config: dict, data_root: Path, work_dir: Path, runs_dir: Path | None = None
+    config: dict, data_root: Path | None, work_dir: Path, runs_dir: Path | None = None
 ) -> Config:
-    """Put the real data root, work dir and runs dir (default: work dir's parent, where its
-    sibling runs are) into a resolved config."""
+    """Put the real data root (None: keep the placeholder), work dir and runs dir (default:
+    work dir's parent, where its sibling runs are) into a resolved config."""
     runs_dir = Path(runs_dir if runs_dir is not None else Path(work_dir).parent).resolve()
+    root = DATA_ROOT if data_root is None else str(Path(data_root).resolve())
 
     def fill(value: Any) -> Any:
         if isinstance(value, dict):
@@ -62,7 +63,7 @@ def materialise(
         if isinstance(value, list | tuple):
             return type(value)(fill(v) for v in value)
         if isinstance(value, str):
-            value = value.replace(DATA_ROOT, str(Path(data_root).resolve()))
+            value = value.replace(DATA_ROOT, root)
             return value.replace(RUNS_DIR, str(runs_dir))
         return value
 

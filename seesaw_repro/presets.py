@@ -32,6 +32,7 @@ class TinyPreset:
     lr: float = 0.02
     base_channels: int = 16
     fpn_channels: int = 64
+    cost_unit = "CPU-core minutes"
 
     def max_iters(self, schedule: str) -> int:
         """Training iterations for a paper schedule name."""
@@ -40,6 +41,12 @@ class TinyPreset:
     def config(self, spec: RunSpec, counts_checkpoint: str | None = None) -> dict:
         """The config of `spec` at this scale (placeholders for paths)."""
         return _tiny_config(spec, self, counts_checkpoint)
+
+    def cost(self, spec: RunSpec) -> float:
+        """Estimated CPU-core minutes of one run: measured here (2 cores, one run per core),
+        about 0.35 s per iteration plus 30 s of evaluation (Table 2: 6 runs of 400
+        iterations in 15-17 minutes)."""
+        return (self.max_iters(spec.schedule) * 0.35 + 30) / 60
 
     def default_data_root(self, work_dir: Path) -> Path:
         """Where `seesaw repro` generates this preset's dataset when no data root is given."""
@@ -383,6 +390,26 @@ class PaperPreset:
     def config(self, spec: RunSpec, counts_checkpoint: str | None = None) -> dict:
         """The config of `spec` on LVIS v1 (placeholders for paths)."""
         return _paper_config(spec, self, counts_checkpoint)
+
+    cost_unit = "GPU-hours (V100)"
+
+    def default_data_root(self, work_dir: Path) -> Path | None:
+        """None: LVIS v1 has no default place; --data-root names it."""
+        return None
+
+    def cost(self, spec: RunSpec) -> float:
+        """Estimated V100 GPU-hours of one run, a lower bound: mmdetection trains Mask R-CNN
+        R-50-FPN at 53 images/s on 8 V100s on COCO (detectron2's docs/notes/benchmarks.md);
+        R-101 costs 1.25x (0.5665 / 0.4536 s/iter, maskrcnn-benchmark's MODEL_ZOO.md) and
+        Cascade 1.44x (16.1 / 11.2 fps at inference, mmdetection's model zoo). LVIS's 1203
+        classes, its denser images and RFS's repeated images (mean repeat factor, which
+        depends on the data) make real runs longer; a decoupled fine-tune is counted as a
+        full training run."""
+        epochs = {"1x": 12, "2x": 24}[spec.schedule]
+        seconds = epochs * LVIS_V1_TRAIN_IMAGES * 8 / 53
+        seconds *= 1.25 if spec.backbone == "r101" else 1.0
+        seconds *= 1.44 if spec.model == "cascade_mask_rcnn" else 1.0
+        return seconds / 3600
 
     def prepare_data(self, data_root: Path | None, work_dir: Path) -> Path:
         """Check that `data_root` holds LVIS v1 as mmdet reads it."""

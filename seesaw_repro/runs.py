@@ -41,6 +41,12 @@ class PlannedRun:
 def plan(table: Table, preset: str) -> list[PlannedRun]:
     """The distinct runs behind a table's rows, each after the runs it needs (see
     methods.dependencies); equal configs are one run."""
+    return plan_tables([table], preset)
+
+
+def plan_tables(tables: list[Table], preset: str) -> list[PlannedRun]:
+    """The distinct runs behind several tables' rows: rows of different tables that resolve
+    to the same config are one run."""
     by_id: dict[str, PlannedRun] = {}
 
     def add(spec: methods.RunSpec, label: str) -> str:
@@ -56,8 +62,9 @@ def plan(table: Table, preset: str) -> list[PlannedRun]:
             by_id[rid] = PlannedRun(rid, preset, spec, config, (label,), needs)
         return rid
 
-    for row in table.rows:
-        add(row.spec, f"{table.name}:{row.key}")
+    for table in tables:
+        for row in table.rows:
+            add(row.spec, f"{table.name}:{row.key}")
     return list(by_id.values())
 
 

@@ -16,7 +16,9 @@ runner = CliRunner()
 @pytest.mark.parametrize(
     "args,expected",
     [
-        ([], ["repro", "report", "data"]),
+        ([], ["repro", "report", "plan", "config", "data"]),
+        (["plan"], ["--preset", "all"]),
+        (["config"], ["--preset", "--data-root", "--out", "tools/train.py"]),
         (["repro"], ["--preset", "--work-dir", "--data-root", "--jobs"]),
         (["report"], ["--preset", "--work-dir"]),
         (["data", "synth"], ["--out", "--seed", "LVIS"]),
@@ -100,3 +102,17 @@ def test_data_synth_writes_an_lvis_dataset(tmp_path):
     for name in ("annotations/lvis_v1_train.json", "annotations/lvis_v1_val.json"):
         assert (tmp_path / "d" / name).exists()
     assert len(list((tmp_path / "d" / "val2017").glob("*.png"))) == 100
+
+
+def test_plan_all_counts_rows_runs_and_cost(tmp_path):
+    result = _seesaw("plan", "all", "--preset", "paper", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("64 table rows, 54 distinct runs, estimated ")
+    assert "GPU-hours" in summary
+
+
+def test_config_of_an_unknown_run_is_one_line_and_exit_2(tmp_path):
+    result = _seesaw("config", "nosuchrun", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no run of preset 'tiny'" in result.stderr and "seesaw plan all" in result.stderr

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,23 @@ def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
             os.kill(pid, 0)
     states = [json.loads(p.read_text())["state"] for p in runs.glob("*/status.json")]
     assert sorted(states) == ["cancelled"] * 6
+
+
+def test_a_written_config_trains_with_mmdets_own_tools_train(tmp_path, quick_data, quick_preset):
+    import mmdet
+
+    from seesaw_repro import configs, methods
+
+    train_py = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"
+    config = quick_preset.config(methods.RunSpec())
+    config_file = tmp_path / "config.py"
+    config_file.write_text(configs.materialise(config, quick_data, tmp_path / "w").pretty_text)
+    result = subprocess.run(
+        [sys.executable, str(train_py), str(config_file), "--work-dir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())["metrics"]
+    assert sorted(metrics) == sorted(METRICS)
