@@ -62,7 +62,7 @@ def _data_root(preset_name: str, data_root: Path | None, work_dir: Path) -> Path
 @app.command()
 @user_errors
 def repro(
-    table: str = typer.Argument(..., help="The paper table to reproduce, e.g. table2."),
+    table: str = typer.Argument(..., help="The table or figure to reproduce: table2, figure3."),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
     data_root: Path | None = typer.Option(
@@ -103,7 +103,7 @@ def repro(
 @app.command("report")
 @user_errors
 def report_command(
-    table: str = typer.Argument(..., help="The paper table to show, e.g. table2."),
+    table: str = typer.Argument(..., help="The table or figure to show: table2, figure3."),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
 ) -> None:
@@ -120,14 +120,17 @@ def report_command(
 def _tables(table: str) -> list:
     from seesaw_repro import recipes
 
-    names = recipes.known_tables() if table.strip().lower() == "all" else [table]
+    if table.strip().lower() == "all":
+        names = recipes.known_tables() + recipes.known_figures()
+    else:
+        names = [table]
     return [recipes.load_table(name) for name in names]
 
 
 @app.command()
 @user_errors
 def plan(
-    table: str = typer.Argument(..., help="A paper table (e.g. table9), or 'all'."),
+    table: str = typer.Argument(..., help="A table or figure (table9, figure3), or 'all'."),
     preset: str = PRESET,
 ) -> None:
     """List the runs a table needs, what each needs first, and their estimated cost.
@@ -156,9 +159,10 @@ def plan(
         model = f"{spec.model} {spec.backbone} {spec.sampler} {spec.schedule}"
         out.add_row(run.run_id, model, "\n".join(run.rows), " ".join(run.needs), f"{cost:.1f}")
     Console().print(out)
-    rows = sum(len(t.rows) for t in tables)
-    Console().print(
-        f"{rows} table rows, {len(planned)} distinct runs, "
+    table_rows = sum(len(t.rows) for t in tables if not t.is_figure)
+    figure_rows = sum(len(t.rows) for t in tables if t.is_figure)
+    typer.echo(
+        f"{table_rows} table rows and {figure_rows} figure rows, {len(planned)} distinct runs, "
         f"estimated {total:,.0f} {scale.cost_unit} in all."
     )
 

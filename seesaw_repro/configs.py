@@ -14,7 +14,16 @@ from typing import Any
 
 from mmengine.config import Config
 
-from .methods import DATA_ROOT, RUNS_DIR, RunSpec, SpecError, dependencies, finetune_classifier
+from .methods import (
+    DATA_ROOT,
+    RUNS_DIR,
+    WORK_DIR,
+    RunSpec,
+    SpecError,
+    dependencies,
+    finetune_classifier,
+    test_dev,
+)
 from .presets import PRESETS
 
 RUN_ID_LENGTH = 12
@@ -27,6 +36,10 @@ def resolve(spec: RunSpec, preset: str) -> dict:
     needs = {
         role: final_checkpoint(resolve(dep, preset)) for role, dep in dependencies(spec).items()
     }
+    if "trained" in needs:
+        config = resolve(dependencies(spec)["trained"], preset)
+        test_dev(config, needs["trained"])
+        return config
     config = PRESETS[preset].config(spec, needs.get("counts"))
     if "pretrained" in needs:
         finetune_classifier(config, needs["pretrained"])
@@ -64,6 +77,7 @@ def materialise(
             return type(value)(fill(v) for v in value)
         if isinstance(value, str):
             value = value.replace(DATA_ROOT, root)
+            value = value.replace(WORK_DIR, str(Path(work_dir).resolve()))
             return value.replace(RUNS_DIR, str(runs_dir))
         return value
 

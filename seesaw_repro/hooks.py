@@ -78,7 +78,8 @@ class ProgressFileHook(Hook):
 
 @HOOKS.register_module()
 class MetricsFileHook(Hook):
-    """Writes `metrics.json` once the evaluation after the last training iteration is done.
+    """Writes `metrics.json` once the evaluation after the last training iteration is done,
+    or, for a test-dev run, once its result files for the LVIS server are written.
 
     That file is the run's "done" mark, so it is written last and atomically.
     """
@@ -96,6 +97,19 @@ class MetricsFileHook(Hook):
             # the AP of every category with ground truth is then 0.
             record["metrics"] = dict.fromkeys(LVIS_METRICS.values(), 0.0)
             record["note"] = "no detection above the score threshold"
+        write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
+
+    def after_test_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        evaluator = runner.cfg.get("test_evaluator", {})
+        if not evaluator.get("format_only"):
+            return
+        files = [f"{evaluator['outfile_prefix']}.{m}.json" for m in ("bbox", "segm")]
+        record = {
+            "split": "test-dev",
+            "metrics": {},
+            "results": [f for f in files if Path(f).exists()],
+            "note": "test-dev AP comes from the LVIS evaluation server: submit the segm file",
+        }
         write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
 
 

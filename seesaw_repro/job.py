@@ -1,5 +1,7 @@
 """One run, in its own process: `python -m seesaw_repro.job RUN_DIR`.
 
+A test-dev run (methods.test_dev) only predicts: mmengine's test loop writes its result files.
+
 Trains the config in RUN_DIR/config.py with mmengine's Runner, resuming from the newest
 checkpoint there if a previous attempt was killed (as tools/train.py --resume would); the
 evaluation after the last iteration writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
@@ -26,9 +28,12 @@ def main(run_dir: Path) -> int:
         # A previous attempt was killed: go on from its newest checkpoint, not from load_from.
         cfg.resume, cfg.load_from = True, None
     runner = Runner.from_cfg(cfg)
-    runner.train()
+    if cfg.get("seesaw", {}).get("job") == "test-dev":
+        runner.test()  # the trained run's model on test-dev; no training
+    else:
+        runner.train()
     if not (run_dir / "metrics.json").exists():
-        print(f"training finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
+        print(f"the run finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
         return 1
     return 0
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import UserError
+from .synth import TEST_DEV_INFO
 
 DATA_ROOT = "${DATA_ROOT}"
 RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
+WORK_DIR = "${WORK_DIR}"  # the run's own directory
 
 
 class SpecError(UserError):
@@ -45,6 +47,9 @@ class RunSpec:
     # Decoupled training (Table 9): "" trains end to end; "random" or "rfs" fine-tunes only the
     # box classifier's last layer of a CE model pre-trained 2x with that sampler.
     decoupled: str = ""
+    # "test-dev": run the trained "val" run on LVIS test-dev and write the result files the
+    # LVIS evaluation server takes (Table 1's test-dev rows); it trains nothing itself.
+    split: str = "val"
 
     CHOICES = {
         "model": ("mask_rcnn", "cascade_mask_rcnn"),
@@ -54,6 +59,7 @@ class RunSpec:
         "schedule": ("1x", "2x"),
         "counts": ("online", "dataset", "checkpoint"),
         "decoupled": ("", "random", "rfs"),
+        "split": ("val", "test-dev"),
     }
 
     def __post_init__(self) -> None:
@@ -77,7 +83,7 @@ def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
     "pretrained": for a decoupled run, the paper's CE baseline (Table 2's first row: softmax
     cross-entropy with the objectness branch, no NLA) trained 2x with the given sampler, of
     the same model, backbone and mask head. "counts": for Pre-Record counts, the same run
-    with online counts.
+    with online counts. "trained": for a test-dev run, the same run on the val split.
     """
     needs = {}
     if spec.decoupled:
@@ -94,6 +100,8 @@ def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
             norm_mask=spec.norm_mask,
             tau=spec.tau,
         )
+    if spec.split == "test-dev":
+        return {"trained": replace(spec, split="val")}
     if spec.loss == "seesaw" and spec.counts == "checkpoint":
         needs["counts"] = replace(spec, counts="online", gradient_stats=False)
     return needs
@@ -216,4 +224,24 @@ def suite_parts(spec: RunSpec) -> dict:
             {"type": "MetricsFileHook"},
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
         ],
+    }
+
+
+def test_dev(config: dict, trained: str) -> None:
+    """Turn a trained run's config into its test-dev job: load `trained`, predict on the
+    test-dev images, and write the detections as LVIS result files (RUN_DIR/test-dev.*.json)
+    for the evaluation server, which alone has the test-dev annotations."""
+    config["load_from"] = trained
+    config["seesaw"]["job"] = "test-dev"
+    config.setdefault("test_dataloader", copy.deepcopy(config["val_dataloader"]))
+    config.setdefault("test_cfg", {"type": "TestLoop"})
+    dataset = config["test_dataloader"]["dataset"]
+    dataset["ann_file"] = TEST_DEV_INFO
+    dataset["pipeline"] = [t for t in dataset["pipeline"] if t["type"] != "LoadAnnotations"]
+    config["test_evaluator"] = {
+        "type": "LVISMetric",
+        "ann_file": f"{DATA_ROOT}/{TEST_DEV_INFO}",
+        "metric": ["bbox", "segm"],
+        "format_only": True,
+        "outfile_prefix": f"{WORK_DIR}/test-dev",
     }

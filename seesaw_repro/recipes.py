@@ -44,8 +44,13 @@ class Table:
 
     @property
     def paper_csv(self) -> Path:
-        """The paper's numbers for this table."""
+        """The paper's numbers for this table (a figure has none)."""
         return PAPER_DIR / f"{self.name}.csv"
+
+    @property
+    def is_figure(self) -> bool:
+        """A figure of the paper: a plot, with no numbers to compare against."""
+        return self.name.startswith("figure")
 
 
 def known_tables(recipe_dir: Path | None = None) -> list[str]:
@@ -53,12 +58,18 @@ def known_tables(recipe_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (recipe_dir or RECIPE_DIR).glob("table*.toml"))
 
 
+def known_figures(recipe_dir: Path | None = None) -> list[str]:
+    """Names of the figures that have a recipe, e.g. ["figure03"]."""
+    return sorted(p.stem for p in (recipe_dir or RECIPE_DIR).glob("figure*.toml"))
+
+
 def table_name(name: str) -> str:
-    """Normalise "table2", "table02", "Table 2" or "2" to the recipe name "table02"."""
-    match = re.fullmatch(r"(?:table)?\s*0*(\d+)", name.strip().lower())
+    """Normalise "table2", "Table 2", "2" to "table02", and "figure3", "fig3" to "figure03"."""
+    match = re.fullmatch(r"(table|figure|fig)?\s*0*(\d+)", name.strip().lower())
     if not match:
-        raise RecipeError(f"{name!r} is not a table name; write it as table2 (or 2)")
-    return f"table{int(match.group(1)):02d}"
+        raise RecipeError(f"{name!r} is not a table or figure name; write it as table2 or figure3")
+    kind = "figure" if match.group(1) in ("figure", "fig") else "table"
+    return f"{kind}{int(match.group(2)):02d}"
 
 
 def load_table(name: str, recipe_dir: Path | None = None) -> Table:
@@ -67,10 +78,9 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
     stem = table_name(name)
     path = recipe_dir / f"{stem}.toml"
     if not path.exists():
-        known = ", ".join(f"table{int(t[5:])}" for t in known_tables(recipe_dir))
-        raise RecipeError(
-            f"no recipe for {name!r} ({path} is missing); tables with a recipe: {known}"
-        )
+        names = known_tables(recipe_dir) + known_figures(recipe_dir)
+        known = ", ".join(re.sub(r"0*(\d+)$", r"\1", t) for t in names)
+        raise RecipeError(f"no recipe for {name!r} ({path} is missing); recipes: {known}")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:

@@ -6,7 +6,8 @@
     status.json     state (queued, running, done, failed, cancelled), times, exit code
     train.log       the job's stdout and stderr, appended across attempts
     progress.json   iteration counter, written by hooks.ProgressFileHook
-    metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done"
+    metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done" (a
+                    test-dev run: the names of its result files for the LVIS server)
     iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
 """
 
@@ -87,6 +88,11 @@ class RunDir:
         """The evaluation's metrics (percent), or None when the run is not done."""
         data = read_json(self.path / METRICS_FILE)
         return data["metrics"] if data else None
+
+    def server_results(self) -> list[str]:
+        """A done test-dev run's result files for the LVIS evaluation server (else [])."""
+        data = read_json(self.path / METRICS_FILE) or {}
+        return data.get("results", []) if data.get("split") == "test-dev" else []
 
     def is_done(self) -> bool:
         return (self.path / METRICS_FILE).exists()

@@ -237,17 +237,23 @@ def _federated_labels(images: list[dict], anns: list[dict], num_categories: int)
         img["not_exhaustive_category_ids"] = []
 
 
+TEST_DEV_INFO = "annotations/lvis_v1_image_info_test_dev.json"  # as LVIS v1 names it
+
+
 def annotation_paths(root: Path) -> dict[str, Path]:
-    """Where the train and val annotation files of a dataset rooted at `root` lie."""
-    return {s: root / "annotations" / f"lvis_v1_{s}.json" for s in ("train", "val")}
+    """Where the annotation files of a dataset rooted at `root` lie: train, val, and the
+    test-dev image list (LVIS v1's test-dev has no public annotations; here it lists the
+    val images, so the server's file format can be made and checked)."""
+    paths = {s: root / "annotations" / f"lvis_v1_{s}.json" for s in ("train", "val")}
+    return {**paths, "test-dev": root / TEST_DEV_INFO}
 
 
 def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
     """Write the dataset under `root` and return its annotation files.
 
     The images go to `train2017/` and `val2017/` as in LVIS v1, whose `coco_url` field mmdet
-    turns into those paths. The annotation files are written last, each atomically, so a
-    dataset whose val file exists is complete.
+    turns into those paths. The annotation files are written last, each atomically, val's
+    last of all, so a dataset whose val file exists is complete.
     """
     rng = np.random.default_rng(spec.seed)
     digits = _load_digits(rng)
@@ -283,6 +289,9 @@ def generate(root: Path, spec: SynthSpec = SynthSpec()) -> dict[str, Path]:
             "annotations": anns,
             "categories": categories,
         }
+        if split == "val":  # before val's file, which marks the dataset complete
+            image_list = {**data, "annotations": []}
+            write_text_atomic(paths["test-dev"], json.dumps(image_list))
         write_text_atomic(paths[split], json.dumps(data))
     return paths
 
@@ -307,7 +316,7 @@ def check(root: Path, spec: SynthSpec) -> None:
 
 def ensure(root: Path, spec: SynthSpec) -> Path:
     """Generate the dataset under `root` unless it is already there; returns `root`."""
-    if not annotation_paths(root)["val"].exists():
+    if not all(path.exists() for path in annotation_paths(root).values()):
         generate(root, spec)
     check(root, spec)
     return root

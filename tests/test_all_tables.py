@@ -1,4 +1,4 @@
-"""Every row of every table resolves in both presets, and every distinct model it needs
+"""Every row of every table and figure resolves in both presets, and every distinct model it needs
 builds in mmdet and takes one forward/backward pass on a small random batch on CPU."""
 
 import json
@@ -41,11 +41,11 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
         _fake_lvis_counts(data_root, num_classes)
     planned = {}
     rows = 0
-    for name in recipes.known_tables():
+    for name in recipes.known_tables() + recipes.known_figures():
         table = recipes.load_table(name)
         rows += len(table.rows)
         planned.update({run.run_id: run for run in runs.plan(table, preset)})
-    assert rows == 64 and len(planned) == 54
+    assert rows == 68 + 20 and len(planned) == 60
     models = {}
     for run in planned.values():
         cfg = configs.materialise(run.config, data_root, tmp_path / "runs" / run.run_id)

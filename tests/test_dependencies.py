@@ -15,6 +15,7 @@ from seesaw_repro.runs import RunDir, plan
 DE_SEESAW = methods.RunSpec(decoupled="rfs", schedule="1x")
 DE_EQL = methods.RunSpec(decoupled="rfs", schedule="1x", loss="eql", nla=False)
 PRE_RECORD = methods.RunSpec(counts="checkpoint")
+TEST_DEV = methods.RunSpec(split="test-dev")
 
 
 def _table(**rows: methods.RunSpec) -> Table:
@@ -122,3 +123,25 @@ def test_the_fine_tune_drops_the_classifier_only_from_the_pretrained_model():
     hook.before_save_checkpoint(runner, own)
     hook.after_load_checkpoint(runner, own)  # resuming the fine-tune itself
     assert sorted(own["state_dict"]) == keys
+
+
+@pytest.mark.slow
+def test_a_test_dev_row_writes_the_servers_result_files_from_the_trained_model(
+    tmp_path, quick_data, with_quick_preset
+):
+    import json
+
+    trained, test_dev = plan(_table(test_dev=TEST_DEV), with_quick_preset.name)
+    assert trained.spec == methods.RunSpec()  # the val row's run: trained once, used twice
+    assert test_dev.needs == (trained.run_id,)
+    assert run_local([trained, test_dev], tmp_path, quick_data) == dict.fromkeys(
+        (trained.run_id, test_dev.run_id), "done"
+    )
+    run_dir = RunDir(tmp_path, test_dev.run_id)
+    files = run_dir.server_results()
+    assert [Path(f).name for f in files] == ["test-dev.bbox.json", "test-dev.segm.json"]
+    detections = json.loads(Path(files[1]).read_text())
+    info = json.loads((quick_data / "annotations/lvis_v1_image_info_test_dev.json").read_text())
+    assert detections and {d["image_id"] for d in detections} <= {i["id"] for i in info["images"]}
+    assert {"segmentation", "score", "category_id"} <= set(detections[0])
+    assert not list(run_dir.path.glob("*.pth"))  # it trained nothing

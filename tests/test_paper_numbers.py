@@ -50,3 +50,19 @@ def test_every_recipe_row_has_the_papers_numbers_and_every_paper_row_a_recipe_or
         keys = [row.key for row in load_table(table).rows]
         assert set(keys) <= set(paper), table
         assert all(paper[k]["note"] for k in set(paper) - set(keys)), table
+
+
+def test_figures_are_recipes_whose_runs_are_the_tables_and_have_no_numbers(tmp_path):
+    from seesaw_repro.report import compare
+    from seesaw_repro.runs import plan
+
+    figure3 = load_table("fig 3")
+    assert figure3.name == "figure03" and figure3.is_figure
+    assert all(row.spec.gradient_stats for row in figure3.rows)
+    frame = compare(figure3, "tiny", tmp_path)
+    assert list(frame.row) == ["ce", "seesaw"] and frame.AP_paper.isna().all()
+    table1 = {run.run_id for run in plan(load_table("table1"), "paper")}
+    figure4 = plan(load_table("figure4"), "paper")
+    assert len(figure4) == 16 and {run.run_id for run in figure4} <= table1
+    table2 = {run.run_id for run in plan(load_table("table2"), "paper")}
+    assert {run.run_id for run in plan(load_table("figure1"), "paper")} <= table2
