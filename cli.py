@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,22 +78,41 @@ def repro(
         help="Runs trained at once, sharing the CPU cores; 0 = one per core (one thread "
         "each: on a CPU most of a step is single-threaded, so this is the fastest).",
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print what would be done with each run, and do nothing."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Run again the runs that failed before (else skipped)."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Train the done runs again too; their old folders are kept as <run id>.old-<time>.",
+    ),
 ) -> None:
     """Train and evaluate every run a table needs, then print the table beside the paper's.
 
-    Runs already done are skipped; a run that was killed resumes from its newest checkpoint.
+    Runs already done are skipped; a run that was killed resumes from its newest checkpoint;
+    a run that another `seesaw repro` is training is left to it.
     """
     from seesaw_repro import executors, recipes, report, runs
 
     spec_table = recipes.load_table(table)
     planned = runs.plan(spec_table, preset)
+    if dry_run:
+        for run, action in executors.triage(planned, work_dir, retry_failed, force):
+            needs = f" after {', '.join(run.needs)}" if run.needs else ""
+            typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
+        return
     root = _data_root(preset, data_root, work_dir)
     console.print(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
     )
     jobs = jobs or os.cpu_count() or 1
-    states = executors.run_local(planned, work_dir, root, jobs=jobs, console=console)
+    states = executors.run_local(
+        planned, work_dir, root, jobs, console, retry_failed=retry_failed, force=force
+    )
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
     failed = [rid for rid, state in states.items() if state != "done"]
     if failed:
@@ -115,6 +135,44 @@ def report_command(
 
     spec_table = recipes.load_table(table)
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
+
+
+@app.command()
+@user_errors
+def status(
+    table: str = typer.Argument("all", help="A table or figure (table2, figure3), or 'all'."),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+) -> None:
+    """Show the state of every run a table needs: state, progress, host, process, times."""
+    from rich.table import Table as RichTable
+
+    from seesaw_repro import runs
+
+    out = RichTable(title=f"Runs of {table}, preset {preset}, in {work_dir}")
+    out.add_column("run", no_wrap=True)
+    out.add_column("rows", overflow="fold")
+    out.add_column("state")
+    out.add_column("progress", justify="right")
+    out.add_column("where, when", overflow="fold")
+    for run in runs.plan_tables(_tables(table), preset):
+        run_dir = runs.RunDir(work_dir, run.run_id)
+        state = run_dir.status()
+        progress = run_dir.progress() or {}
+        times = " - ".join(
+            time.strftime("%m-%d %H:%M", time.localtime(state[k]))
+            for k in ("started", "ended")
+            if k in state
+        )
+        where = f"{state['host']} pid {state['pid']}, " if "pid" in state else ""
+        out.add_row(
+            run.run_id,
+            "\n".join(run.rows),
+            state["state"],
+            f"{progress['iter']}/{progress['max_iters']}" if progress else "",
+            where + times,
+        )
+    Console().print(out)
 
 
 def _tables(table: str) -> list:

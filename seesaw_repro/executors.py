@@ -28,6 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .job import LOCKED
 from .runs import PlannedRun, RunDir
 
 
@@ -53,25 +54,63 @@ def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, IO[str]]:
     return process, log
 
 
+ACTIONS = {
+    "done": "done; skipped (--force trains it again)",
+    "failed": "failed before; skipped (--retry-failed runs it again)",
+    "elsewhere": "being trained by another process now; skipped",
+    "redo": "done, but --force: trained again (the old run folder is kept)",
+    "resume": "resumes from its newest checkpoint",
+    "train": "trains from the start",
+}
+
+
+def triage(
+    runs: list[PlannedRun], work_dir: Path, retry_failed: bool = False, force: bool = False
+) -> list[tuple[PlannedRun, str]]:
+    """What `seesaw repro` does with each run: one of ACTIONS' keys."""
+    decided = []
+    for run in runs:
+        run_dir = RunDir(work_dir, run.run_id)
+        if run_dir.is_locked():
+            action = "elsewhere"
+        elif run_dir.is_done():
+            action = "redo" if force else "done"
+        elif run_dir.status()["state"] == "failed" and not retry_failed:
+            action = "failed"
+        elif (run_dir.path / "last_checkpoint").exists():
+            action = "resume"
+        else:
+            action = "train"
+        decided.append((run, action))
+    return decided
+
+
 def run_local(
     runs: list[PlannedRun],
     work_dir: Path,
     data_root: Path,
     jobs: int = 1,
     console: Console | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
 ) -> dict[str, str]:
-    """Train and evaluate every run not yet done; returns run id -> final state."""
+    """Train and evaluate every run that `triage` says to; returns run id -> final state
+    ("waiting" for a run whose needed run another process is training)."""
     console = console or Console(stderr=True)
     states: dict[str, str] = {}
     pending: list[tuple[PlannedRun, RunDir]] = []
-    for run in runs:
+    skipped = {"done": "done", "failed": "failed", "elsewhere": "running"}
+    for run, action in triage(runs, work_dir, retry_failed, force):
         run_dir = RunDir(work_dir, run.run_id)
-        if run_dir.is_done():
-            states[run.run_id] = "done"
+        if action in skipped:
+            states[run.run_id] = skipped[action]
+            colour = {"done": "green", "failed": "red", "elsewhere": "yellow"}[action]
             console.print(
-                f"[green]done[/] {run.run_id} ({', '.join(run.rows)}): already finished, skipped"
+                f"[{colour}]{action}[/] {run.run_id} ({', '.join(run.rows)}): {ACTIONS[action]}"
             )
             continue
+        if action == "redo":
+            run_dir.archive()
         run_dir.prepare(run, data_root)
         run_dir.set_status("queued")
         pending.append((run, run_dir))
@@ -96,18 +135,25 @@ def run_local(
                     pending, states, stalled=not active and _ready(pending, states) is None
                 ):
                     pending.remove((run, run_dir))
-                    reason = f"needs run(s) {', '.join(run.needs)}, which did not finish"
+                    progress.update(overall, advance=1)
+                    needs = ", ".join(run.needs)
+                    if any(states.get(n) == "running" for n in run.needs):
+                        # Its parent trains elsewhere: this run starts on a later `seesaw repro`.
+                        states[run.run_id] = "waiting"
+                        run_dir.set_status("queued", reason=f"waits for {needs}")
+                        console.print(
+                            f"[yellow]waiting[/] {run.run_id}: needs {needs}, which another "
+                            "process is training; run this command again when it is done"
+                        )
+                        continue
+                    reason = f"needs run(s) {needs}, which did not finish"
                     run_dir.set_status("failed", reason=reason, ended=time.time())
                     states[run.run_id] = "failed"
-                    progress.update(overall, advance=1)
                     console.print(f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {reason}")
                 while len(active) < jobs and (ready := _ready(pending, states)):
                     run, run_dir = ready
                     pending.remove(ready)
-                    process, log = _launch(run_dir, threads)
-                    run_dir.set_status(
-                        "running", pid=process.pid, started=time.time(), log=str(run_dir.log_file)
-                    )
+                    process, log = _launch(run_dir, threads)  # it records "running" itself
                     # Epoch-based configs learn their iteration count from the first
                     # progress file (it depends on the dataset's size).
                     total = run.config["train_cfg"].get("max_iters")
@@ -129,10 +175,16 @@ def run_local(
                         continue
                     item.log.close()
                     active.remove(item)
+                    progress.update(overall, advance=1)
+                    if code == LOCKED:  # another process took the run between triage and now
+                        states[item.run.run_id] = "running"
+                        console.print(
+                            f"[yellow]elsewhere[/] {item.run.run_id}: {ACTIONS['elsewhere']}"
+                        )
+                        continue
                     state = "done" if code == 0 and item.run_dir.is_done() else "failed"
                     item.run_dir.set_status(state, returncode=code, ended=time.time())
                     states[item.run.run_id] = state
-                    progress.update(overall, advance=1)
                     if state == "failed":
                         console.print(
                             f"[red]failed[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
@@ -169,7 +221,7 @@ def _blocked(
 ) -> list[tuple[PlannedRun, RunDir]]:
     """Pending runs that can never start: a needed run ended without finishing (or, when
     nothing is running any more, is still not done)."""
-    ended = {"failed", "cancelled"}
+    ended = {"failed", "cancelled", "running", "waiting"}  # "running": in another process
     return [
         item
         for item in pending

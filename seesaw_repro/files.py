@@ -1,9 +1,11 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Run state on disk: atomic writes (a reader sees the old file or the new one, never half
+of one) and the lock that lets only one process train a run."""
 
+import fcntl
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -29,3 +31,18 @@ def read_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+
+
+def try_lock(path: Path) -> IO | None:
+    """Take an exclusive lock on `path` (created if need be) without waiting: the open file,
+    which holds the lock until it is closed or the process ends, or None if another
+    process holds it. The kernel drops the lock of a killed process, so none goes stale."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")  # noqa: SIM115  (the caller keeps it open to hold the lock)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle

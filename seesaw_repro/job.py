@@ -9,6 +9,7 @@ evaluation after the last iteration writes RUN_DIR/metrics.json (see hooks.Metri
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -16,9 +17,20 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from seesaw_repro.files import try_lock
+from seesaw_repro.runs import LOCK_FILE, RunDir
+
+LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
+
 
 def main(run_dir: Path) -> int:
     """Train and evaluate the run in `run_dir`; returns the process exit code."""
+    lock = try_lock(run_dir / LOCK_FILE)
+    if lock is None:
+        print(f"{run_dir} is being trained by another process; not starting", file=sys.stderr)
+        return LOCKED
+    run = RunDir(run_dir.parent.parent, run_dir.name)
+    run.set_status("running", pid=os.getpid(), started=time.time(), log=str(run.log_file))
     if "SEESAW_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["SEESAW_THREADS"]))
     # The config's custom_imports loads seesaw_repro.mmdet_plugin, as in mmdet's tools/train.py.

@@ -9,6 +9,7 @@
     metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done" (a
                     test-dev run: the names of its result files for the LVIS server)
     iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
+    job.lock        locked by the process that trains the run, so only one ever does
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import configs, methods
-from .files import read_json, write_json_atomic, write_text_atomic
+from .files import read_json, try_lock, write_json_atomic, write_text_atomic
 from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
 
 STATUS_FILE = "status.json"
+LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
@@ -94,6 +96,16 @@ class RunDir:
         data = read_json(self.path / METRICS_FILE) or {}
         return data.get("results", []) if data.get("split") == "test-dev" else []
 
+    def is_locked(self) -> bool:
+        """Whether a process is training this run now."""
+        if not self.path.exists():
+            return False
+        lock = try_lock(self.path / LOCK_FILE)
+        if lock is None:
+            return True
+        lock.close()
+        return False
+
     def is_done(self) -> bool:
         return (self.path / METRICS_FILE).exists()
 
@@ -114,6 +126,13 @@ class RunDir:
             self.path / STATUS_FILE,
             {**old, **fields, "state": state, "host": socket.gethostname(), "updated": time.time()},
         )
+
+    def archive(self) -> Path:
+        """Move the run's folder aside (to <run id>.old-<time>), so it can be trained anew
+        without losing the old one."""
+        target = self.path.with_name(f"{self.run_id}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.path.rename(target)
+        return target
 
     def prepare(self, run: PlannedRun, data_root: Path) -> None:
         """Write the run's config and description (before it is queued)."""

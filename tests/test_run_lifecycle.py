@@ -1,0 +1,91 @@
+"""What `seesaw repro` does with each run: skip the done and the failed, leave a run that
+another process trains to it, train again on request, and say so beforehand (--dry-run)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from seesaw_repro.executors import run_local, triage
+from seesaw_repro.job import LOCKED
+from seesaw_repro.recipes import load_table
+from seesaw_repro.runs import LOCK_FILE, RunDir, plan
+
+
+def _run(preset_name: str):
+    return plan(load_table("table2"), preset_name)[0]
+
+
+def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, quick_data, with_quick_preset):
+    run = _run(with_quick_preset.name)
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, quick_data)
+    holder = subprocess.Popen(  # another process holds the run's lock, as a training job does
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from seesaw_repro.files import try_lock; "
+            f"lock = try_lock({str(run_dir.path / LOCK_FILE)!r}); print('held', flush=True); "
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run_dir.is_locked()
+        assert triage([run], tmp_path) == [(run, "elsewhere")]
+        assert run_local([run], tmp_path, quick_data) == {run.run_id: "running"}
+        # A job started anyway (two `seesaw repro` racing) refuses to train it.
+        job = subprocess.run(
+            [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert job.returncode == LOCKED and "another process" in job.stderr
+        assert not run_dir.log_file.exists() and run_dir.status()["state"] == "planned"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not run_dir.is_locked()  # the kernel drops a dead process's lock
+
+
+def test_failed_runs_wait_for_retry_failed_and_force_keeps_the_old_folder(
+    tmp_path, quick_data, with_quick_preset
+):
+    run = _run(with_quick_preset.name)
+    run_dir = RunDir(tmp_path, run.run_id)
+    assert triage([run], tmp_path) == [(run, "train")]
+    run_dir.prepare(run, quick_data)
+    run_dir.set_status("failed", returncode=1)
+    assert triage([run], tmp_path) == [(run, "failed")]
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "failed"}
+    assert triage([run], tmp_path, retry_failed=True) == [(run, "train")]
+    (run_dir.path / "metrics.json").write_text('{"metrics": {}}')
+    assert triage([run], tmp_path) == [(run, "done")]
+    assert triage([run], tmp_path, force=True) == [(run, "redo")]
+    old = run_dir.archive()
+    assert (old / "metrics.json").exists() and not run_dir.path.exists()
+    assert old.name.startswith(f"{run.run_id}.old-")
+
+
+def _seesaw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "seesaw"
+    return subprocess.run(
+        [str(script), *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_dry_run_says_what_it_would_do_and_does_nothing(tmp_path):
+    result = _seesaw("repro", "table9", "--dry-run", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 11 and all("trains from the start" in line for line in lines)
+    assert sum(" after " in line for line in lines) == 6  # the decoupled fine-tunes
+    assert not (tmp_path / "w").exists()
+
+
+def test_status_lists_every_run_with_its_state(tmp_path):
+    result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("planned") == 6
