@@ -175,6 +175,25 @@ def status(
     Console().print(out)
 
 
+@app.command()
+@user_errors
+def cancel(
+    table: str = typer.Argument("all", help="A table or figure (table2, figure3), or 'all'."),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+) -> None:
+    """Stop the runs of a table that are training on this machine; they keep their
+    checkpoints, and the next `seesaw repro` resumes them."""
+    from seesaw_repro import executors, runs
+
+    stopped = [
+        run.run_id
+        for run in runs.plan_tables(_tables(table), preset)
+        if executors.cancel_local(runs.RunDir(work_dir, run.run_id))
+    ]
+    console.print(f"cancelled {len(stopped)} run(s){': ' if stopped else ''}{', '.join(stopped)}")
+
+
 def _tables(table: str) -> list:
     from seesaw_repro import recipes
 

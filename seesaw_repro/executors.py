@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -182,12 +183,17 @@ def run_local(
                             f"[yellow]elsewhere[/] {item.run.run_id}: {ACTIONS['elsewhere']}"
                         )
                         continue
-                    state = "done" if code == 0 and item.run_dir.is_done() else "failed"
+                    if code == 0 and item.run_dir.is_done():
+                        state = "done"
+                    elif code == -signal.SIGTERM:  # `seesaw cancel`, or the scheduler
+                        state = "cancelled"
+                    else:
+                        state = "failed"
                     item.run_dir.set_status(state, returncode=code, ended=time.time())
                     states[item.run.run_id] = state
-                    if state == "failed":
+                    if state != "done":
                         console.print(
-                            f"[red]failed[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
+                            f"[red]{state}[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
                             f"exit code {code}; see {item.run_dir.log_file}"
                         )
         except KeyboardInterrupt:
@@ -233,3 +239,19 @@ def _blocked(
 def _interrupt(signum: int, frame: object) -> None:
     """SIGTERM (a scheduler's kill, a preemption) takes the same path as Ctrl-C."""
     raise KeyboardInterrupt
+
+
+def cancel_local(run_dir: RunDir, timeout: float = 60.0) -> bool:
+    """Stop the job training `run_dir` on this machine (SIGTERM; its checkpoints stay, and
+    the next `seesaw repro` resumes it) and mark it cancelled. False if none is running."""
+    status = run_dir.status()
+    if not run_dir.is_locked() or status.get("host") != socket.gethostname():
+        return False
+    os.kill(status["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while run_dir.is_locked():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the job of {run_dir.path} (pid {status['pid']}) did not stop")
+        time.sleep(0.2)
+    run_dir.set_status("cancelled", ended=time.time())
+    return True

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import UserError
+
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
@@ -31,6 +33,12 @@ def read_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as err:
+        # The suite writes atomically, so this file was changed by something else.
+        raise UserError(
+            f"{path} is not valid JSON ({err}); it was not written by seesaw-repro: "
+            "delete it and the run's state is read again from its other files"
+        ) from err
 
 
 def try_lock(path: Path) -> IO | None:

@@ -89,3 +89,38 @@ def test_status_lists_every_run_with_its_state(tmp_path):
     result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("planned") == 6
+
+
+def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick_preset):
+    import time
+
+    from seesaw_repro.executors import cancel_local
+
+    run = _run(with_quick_preset.name)
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, quick_data)
+    assert not cancel_local(run_dir)  # nothing running
+    with open(run_dir.log_file, "a") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 120
+        while run_dir.progress() is None:
+            assert job.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert run_dir.status()["state"] == "running" and run_dir.status()["pid"] == job.pid
+        assert cancel_local(run_dir)
+        assert job.wait(timeout=30) == -15
+    assert run_dir.status()["state"] == "cancelled" and not run_dir.is_locked()
+    assert triage([run], tmp_path)[0][1] in ("train", "resume")  # not skipped as failed
+
+
+def test_a_corrupt_status_file_is_one_clear_line(tmp_path):
+    run_id = plan(load_table("table2"), "tiny")[0].run_id
+    (tmp_path / "w" / "runs" / run_id).mkdir(parents=True)
+    (tmp_path / "w" / "runs" / run_id / "status.json").write_text('{"state": "runn')
+    result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "status.json is not valid JSON" in result.stderr and "Traceback" not in result.stderr
