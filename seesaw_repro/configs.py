@@ -33,11 +33,10 @@ def resolve(spec: RunSpec, preset: str) -> dict:
     """The config of `spec` in `preset`, with DATA_ROOT and RUNS_DIR as placeholders."""
     if preset not in PRESETS:
         raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    needs = {
-        role: final_checkpoint(resolve(dep, preset)) for role, dep in dependencies(spec).items()
-    }
-    if "trained" in needs:
-        config = resolve(dependencies(spec)["trained"], preset)
+    needed = {role: resolve(dep, preset) for role, dep in dependencies(spec).items()}
+    needs = {role: final_checkpoint(config) for role, config in needed.items()}
+    if "trained" in needs:  # a test-dev run is its trained run's config, made to predict
+        config = needed["trained"]
         test_dev(config, needs["trained"])
         return config
     config = PRESETS[preset].config(spec, needs.get("counts"))
