@@ -128,6 +128,13 @@ class _BoxClassifierLoss(nn.Module):
         self.custom_activation = True
         self.custom_accuracy = True
 
+    @staticmethod
+    def _roi_weights(cls_score: Tensor, labels: Tensor, label_weights: Tensor | None) -> Tensor:
+        """The per-RoI weights mmdet passes (float), or ones when it passes none."""
+        if label_weights is None:
+            return cls_score.new_ones(labels.shape)
+        return label_weights.float()
+
 
 def _train_categories(ann_file: str, num_classes: int) -> tuple[list[dict], int]:
     """The categories of an LVIS train json in id order, and its number of images."""
@@ -230,9 +237,7 @@ class ReproSeesawLoss(_BoxClassifierLoss):
         """The loss on a batch of RoIs; labels in [0, C], C meaning background."""
         reduction = reduction_override or self.reduction
         labels = labels.long()
-        weight = (
-            cls_score.new_ones(labels.shape) if label_weights is None else label_weights.float()
-        )
+        weight = self._roi_weights(cls_score, labels, label_weights)
         self._accumulate(labels)
         counts = self.cum_samples if not self.objectness else self.cum_samples[: self.num_classes]
         log_counts = counts.clamp(min=1).log().to(cls_score.dtype)
@@ -336,10 +341,11 @@ class EqualizationLoss(_BoxClassifierLoss):
         weight = 1 - foreground * self.tail[None, :] * (1 - target)
         loss = F.binary_cross_entropy_with_logits(cls_score, target, reduction="none")
         loss = (loss * weight).sum(dim=1)
-        if label_weights is not None:
-            label_weights = label_weights.float()
         return self.loss_weight * weight_reduce_loss(
-            loss, label_weights, reduction_override or self.reduction, avg_factor
+            loss,
+            self._roi_weights(cls_score, labels, label_weights),
+            reduction_override or self.reduction,
+            avg_factor,
         )
 
 
@@ -440,9 +446,7 @@ class BalancedGroupSoftmaxLoss(_BoxClassifierLoss):
     ) -> Tensor:
         """The summed group losses on a batch of RoIs; labels in [0, C], C = background."""
         labels = labels.long()
-        roi_weight = (
-            cls_score.new_ones(labels.shape) if label_weights is None else label_weights.float()
-        )
+        roi_weight = self._roi_weights(cls_score, labels, label_weights)
         reduction = reduction_override or self.reduction
         background = (labels == self.num_classes).long()
         objectness = cls_score[:, self.objectness_columns]
