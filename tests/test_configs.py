@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from mmdet.registry import DATASETS, MODELS
+from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
-from mmengine.dataset import pseudo_collate
+from steps import predict_one, train_step
 
 from seesaw_repro import configs, methods
 from seesaw_repro.recipes import load_table
@@ -60,11 +60,7 @@ def test_every_table2_model_builds_and_takes_a_training_step(quick_data):
         cfg = configs.materialise(run.config, quick_data, quick_data / "unused")
         torch.manual_seed(0)
         model = MODELS.build(cfg.model)
-        dataset = DATASETS.build(cfg.train_dataloader.dataset)
-        batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
-        losses = model.loss(batch["inputs"], batch["data_samples"])
-        total, _ = model.parse_losses(losses)
-        total.backward()
+        total, _ = train_step(model, cfg)
         assert torch.isfinite(total)
         assert model.roi_head.bbox_head.fc_cls.weight.grad.abs().sum() > 0
         assert model.roi_head.bbox_head.fc_cls.out_features == 30 + 2  # C classes + objectness
@@ -96,10 +92,7 @@ def test_no_objectness_and_dataset_counts_build_and_train(quick_data):
     train = json.loads((quick_data / "annotations" / "lvis_v1_train.json").read_text())
     counts = [c["instance_count"] for c in sorted(train["categories"], key=lambda c: c["id"])]
     assert head.loss_cls.cum_samples[:30].tolist() == counts
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
-    total, _ = model.parse_losses(model.loss(batch["inputs"], batch["data_samples"]))
-    total.backward()
+    total, _ = train_step(model, cfg)
     assert torch.isfinite(total)
     assert head.loss_cls.cum_samples[:30].tolist() == counts  # fixed: not accumulated
 
@@ -109,16 +102,9 @@ def test_eql_mask_rcnn_trains_and_predicts(quick_data):
         configs.resolve(methods.RunSpec(loss="eql"), "tiny"), quick_data, quick_data / "unused"
     )
     model = MODELS.build(cfg.model)
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
-    total, log_vars = model.parse_losses(model.loss(batch["inputs"], batch["data_samples"]))
-    total.backward()
+    total, log_vars = train_step(model, cfg)
     assert torch.isfinite(total) and "acc_classes" in log_vars
-    model.eval()
-    val = DATASETS.build(cfg.val_dataloader.dataset)
-    batch = model.data_preprocessor(pseudo_collate([val[0]]), False)
-    with torch.no_grad():
-        result = model.predict(batch["inputs"], batch["data_samples"])[0]
+    result = predict_one(model, cfg)
     labels = result.pred_instances.labels
     assert labels.numel() == 0 or int(labels.max()) < 30
 
@@ -134,17 +120,10 @@ def test_cascade_mask_rcnn_has_seesaw_in_all_three_stages_and_trains(quick_data)
     assert all(type(m.conv_logits).__name__ == "NormedConv2d" for m in model.roi_head.mask_head)
     ious = [stage["assigner"]["pos_iou_thr"] for stage in cfg.model.train_cfg.rcnn]
     assert ious == [0.5, 0.6, 0.7]
-    dataset = DATASETS.build(cfg.train_dataloader.dataset)
-    batch = model.data_preprocessor(pseudo_collate([dataset[0], dataset[1]]), True)
-    total, log_vars = model.parse_losses(model.loss(batch["inputs"], batch["data_samples"]))
-    total.backward()
+    total, log_vars = train_step(model, cfg)
     assert torch.isfinite(total)
     assert {"s0.loss_cls_classes", "s2.loss_cls_objectness", "s2.loss_mask"} <= set(log_vars)
-    model.eval()
-    val = DATASETS.build(cfg.val_dataloader.dataset)
-    batch = model.data_preprocessor(pseudo_collate([val[0]]), False)
-    with torch.no_grad():
-        result = model.predict(batch["inputs"], batch["data_samples"])[0]
+    result = predict_one(model, cfg)
     assert result.pred_instances.masks.shape[-2:] == (128, 128)
 
 
