@@ -75,8 +75,9 @@ def repro(
         0,
         "--jobs",
         min=0,
-        help="Runs trained at once, sharing the CPU cores; 0 = one per core (one thread "
-        "each: on a CPU most of a step is single-threaded, so this is the fastest).",
+        help="CPU runs (--gpus 0) trained at once, sharing the cores; 0 = one per core (one "
+        "thread each: on a CPU most of a step is single-threaded, so this is the fastest). "
+        "GPU runs are packed onto this machine's GPUs, --gpus each.",
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print what would be done with each run, and do nothing."
@@ -89,16 +90,77 @@ def repro(
         "--force",
         help="Train the done runs again too; their old folders are kept as <run id>.old-<time>.",
     ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="'local': train here, one process per run. 'slurm': submit one sbatch job per "
+        "run (after the jobs of the runs it needs) and return; see --wait.",
+    ),
+    gpus: int = typer.Option(
+        0,
+        "--gpus",
+        min=0,
+        help="GPUs per run (0: CPU); several run as one process per GPU (torchrun here, srun "
+        "in Slurm). Slurm: more than --gpus-per-node spans whole nodes.",
+    ),
+    gpus_per_node: int | None = typer.Option(
+        None, "--gpus-per-node", help="Slurm: GPUs of one node (default 8)."
+    ),
+    cpus_per_gpu: int | None = typer.Option(
+        None,
+        "--cpus-per-gpu",
+        help="Slurm: CPU cores per GPU, or per run when --gpus 0 (default 8).",
+    ),
+    partition: str | None = typer.Option(None, "--partition", help="Slurm partition."),
+    account: str | None = typer.Option(None, "--account", help="Slurm account."),
+    qos: str | None = typer.Option(None, "--qos", help="Slurm quality of service."),
+    time_limit: str | None = typer.Option(
+        None,
+        "--time",
+        help="Slurm time limit per job (e.g. 2-00:00:00); near it the job "
+        "checkpoints and requeues itself.",
+    ),
+    mem: str | None = typer.Option(None, "--mem", help="Slurm memory per node (e.g. 64G)."),
+    constraint: str | None = typer.Option(None, "--constraint", help="Slurm node features."),
+    profile: Path | None = typer.Option(
+        None,
+        "--profile",
+        envvar="SEESAW_SLURM_PROFILE",
+        help="TOML file of Slurm settings: the options above by name (gpus_per_node = 4) and "
+        'sbatch = ["--exclusive", ...] for any other sbatch flag; options given here win.',
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
+    ),
 ) -> None:
     """Train and evaluate every run a table needs, then print the table beside the paper's.
 
-    Runs already done are skipped; a run that was killed resumes from its newest checkpoint;
-    a run that another `seesaw repro` is training is left to it.
+    Runs already done are skipped; a run that was stopped resumes from its newest checkpoint;
+    a run that another `seesaw repro` trains, or that Slurm has queued, is left to it.
     """
-    from seesaw_repro import executors, recipes, report, runs
+    from seesaw_repro import executors, recipes, report, runs, slurm
+    from seesaw_repro.errors import UserError
 
+    if executor not in ("local", "slurm"):
+        raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
     spec_table = recipes.load_table(table)
     planned = runs.plan(spec_table, preset)
+    if executor == "slurm":
+        options = slurm.load_options(
+            profile,
+            gpus=gpus,
+            gpus_per_node=gpus_per_node,
+            cpus_per_gpu=cpus_per_gpu,
+            partition=partition,
+            account=account,
+            qos=qos,
+            time=time_limit,
+            mem=mem,
+            constraint=constraint,
+        )
+        slurm.check_slurm(options.partition)
+    else:
+        executors.gpu_slots(gpus, 1)  # enough GPUs here?
     if dry_run:
         for run, action in executors.triage(planned, work_dir, retry_failed, force):
             needs = f" after {', '.join(run.needs)}" if run.needs else ""
@@ -109,10 +171,30 @@ def repro(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
     )
-    jobs = jobs or os.cpu_count() or 1
-    states = executors.run_local(
-        planned, work_dir, root, jobs, console, retry_failed=retry_failed, force=force
-    )
+    if executor == "slurm":
+        states = executors.run_slurm(
+            planned, work_dir, root, options, console, retry_failed=retry_failed, force=force
+        )
+        if not wait:
+            queued = sum(state == "queued" for state in states.values())
+            console.print(
+                f"{queued} job(s) submitted; `seesaw status {table}` follows them and "
+                f"`seesaw report {table}` shows what is done"
+            )
+            return
+        states = executors.follow(planned, work_dir, console)
+    else:
+        jobs = jobs or os.cpu_count() or 1
+        states = executors.run_local(
+            planned,
+            work_dir,
+            root,
+            jobs,
+            console,
+            retry_failed=retry_failed,
+            force=force,
+            gpus_per_run=gpus,
+        )
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
     failed = [rid for rid, state in states.items() if state != "done"]
     if failed:
@@ -131,9 +213,11 @@ def report_command(
 
     Runs not finished yet are marked with their state, so it works while runs are in flight.
     """
-    from seesaw_repro import recipes, report
+    from seesaw_repro import recipes, report, runs, slurm
 
     spec_table = recipes.load_table(table)
+    # Runs whose Slurm job ended without a word (killed, out of time) are marked first.
+    slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in runs.plan(spec_table, preset)])
     report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
 
 
@@ -147,16 +231,18 @@ def status(
     """Show the state of every run a table needs: state, progress, host, process, times."""
     from rich.table import Table as RichTable
 
-    from seesaw_repro import runs
+    from seesaw_repro import runs, slurm
 
+    planned = runs.plan_tables(_tables(table), preset)
+    run_dirs = [runs.RunDir(work_dir, run.run_id) for run in planned]
+    live = slurm.refresh(run_dirs)
     out = RichTable(title=f"Runs of {table}, preset {preset}, in {work_dir}")
     out.add_column("run", no_wrap=True)
     out.add_column("rows", overflow="fold")
     out.add_column("state")
     out.add_column("progress", justify="right")
     out.add_column("where, when", overflow="fold")
-    for run in runs.plan_tables(_tables(table), preset):
-        run_dir = runs.RunDir(work_dir, run.run_id)
+    for run, run_dir in zip(planned, run_dirs, strict=True):
         state = run_dir.status()
         progress = run_dir.progress() or {}
         times = " - ".join(
@@ -164,13 +250,17 @@ def status(
             for k in ("started", "ended")
             if k in state
         )
-        where = f"{state['host']} pid {state['pid']}, " if "pid" in state else ""
+        where = f"{state['host']} pid {state['pid']}" if "pid" in state else ""
+        job = slurm.live_job(run_dir, live)
+        if "job_id" in state:
+            where = f"Slurm job {state['job_id']}{f' ({job.state.lower()})' if job else ''}"
+        reason = f"\n{state['reason']}" if state.get("reason") else ""
         out.add_row(
             run.run_id,
             "\n".join(run.rows),
-            state["state"],
+            state["state"] + reason,
             f"{progress['iter']}/{progress['max_iters']}" if progress else "",
-            where + times,
+            ", ".join(part for part in (where, times) if part),
         )
     Console().print(out)
 
@@ -182,15 +272,17 @@ def cancel(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
 ) -> None:
-    """Stop the runs of a table that are training on this machine; they keep their
-    checkpoints, and the next `seesaw repro` resumes them."""
-    from seesaw_repro import executors, runs
+    """Stop the runs of a table that are training on this machine or queued in Slurm; they
+    keep their checkpoints, and the next `seesaw repro` resumes them."""
+    from seesaw_repro import executors, runs, slurm
 
-    stopped = [
-        run.run_id
-        for run in runs.plan_tables(_tables(table), preset)
-        if executors.cancel_local(runs.RunDir(work_dir, run.run_id))
-    ]
+    stopped = []
+    for run in runs.plan_tables(_tables(table), preset):
+        run_dir = runs.RunDir(work_dir, run.run_id)
+        if executors.cancel_local(run_dir) or (
+            run_dir.status().get("executor") == "slurm" and slurm.cancel(run_dir)
+        ):
+            stopped.append(run.run_id)
     console.print(f"cancelled {len(stopped)} run(s){': ' if stopped else ''}{', '.join(stopped)}")
 
 

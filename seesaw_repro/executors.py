@@ -1,9 +1,11 @@
-"""The local executor: each run in its own process, `jobs` at a time, with a progress display.
+"""Executors: the local one (each run in its own process, `jobs` at a time, with a progress
+display) and the Slurm one (each run an sbatch job; see slurm.py), over one run lifecycle:
+queued -> running -> done | failed | cancelled, recorded in each run's status.json.
 
 A run starts once the runs it needs (their checkpoints) are done; if one of them fails, it
-fails too without starting. A run whose metrics.json exists is skipped. A run that was
-killed (Ctrl-C, preemption, a crash) keeps its checkpoints, and the next `seesaw repro`
-resumes it from the newest one.
+fails too without starting (failed-dependency). A run whose metrics.json exists is skipped.
+A run that was stopped (Ctrl-C, preemption, a crash) keeps its checkpoints, and the next
+`seesaw repro` resumes it from the newest one.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from . import slurm
+from .errors import UserError
 from .job import LOCKED
-from .runs import PlannedRun, RunDir
+from .runs import FINAL_STATES, PlannedRun, RunDir
 
 
 @dataclass
@@ -40,17 +44,40 @@ class _Active:
     process: subprocess.Popen
     task: TaskID
     log: IO[str]
+    gpus: list[str]
 
 
-def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, IO[str]]:
+def gpu_slots(gpus_per_run: int, jobs: int) -> list[list[str]]:
+    """The device groups runs are packed onto: `jobs` CPU slots when `gpus_per_run` is 0,
+    else as many groups of `gpus_per_run` of this machine's GPUs as there are."""
+    if gpus_per_run == 0:
+        return [[] for _ in range(jobs)]
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    if len(devices) < gpus_per_run:
+        raise UserError(
+            f"--gpus {gpus_per_run} asks for {gpus_per_run} GPU(s) per run but torch sees "
+            f"{len(devices)} here: use --gpus 0 (CPU), fewer GPUs, or --executor slurm"
+        )
+    groups = len(devices) // gpus_per_run
+    return [devices[i * gpus_per_run : (i + 1) * gpus_per_run] for i in range(groups)]
+
+
+def _launch(run_dir: RunDir, threads: int, gpus: list[str]) -> tuple[subprocess.Popen, IO[str]]:
     env = {**os.environ, "SEESAW_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    job = ["-m", "seesaw_repro.job", str(run_dir.path), "--gpus", str(len(gpus))]
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    if len(gpus) > 1:  # one process per GPU; --standalone picks a free rendezvous port
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={len(gpus)}"]
+        command = [sys.executable, *torchrun, *job, "--launcher", "pytorch"]
+    else:
+        command = [sys.executable, *job]
     log = open(run_dir.log_file, "a")  # noqa: SIM115  (closed when the process ends)
     process = subprocess.Popen(
-        [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=env,
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
     )
     return process, log
 
@@ -58,7 +85,7 @@ def _launch(run_dir: RunDir, threads: int) -> tuple[subprocess.Popen, IO[str]]:
 ACTIONS = {
     "done": "done; skipped (--force trains it again)",
     "failed": "failed before; skipped (--retry-failed runs it again)",
-    "elsewhere": "being trained by another process now; skipped",
+    "elsewhere": "being trained by another process or queued in Slurm now; skipped",
     "redo": "done, but --force: trained again (the old run folder is kept)",
     "resume": "resumes from its newest checkpoint",
     "train": "trains from the start",
@@ -69,10 +96,12 @@ def triage(
     runs: list[PlannedRun], work_dir: Path, retry_failed: bool = False, force: bool = False
 ) -> list[tuple[PlannedRun, str]]:
     """What `seesaw repro` does with each run: one of ACTIONS' keys."""
+    run_dirs = [RunDir(work_dir, run.run_id) for run in runs]
+    live = slurm.refresh(run_dirs)
     decided = []
-    for run in runs:
-        run_dir = RunDir(work_dir, run.run_id)
-        if run_dir.is_locked():
+    for run, run_dir in zip(runs, run_dirs, strict=True):
+        run_dir.check_version()
+        if run_dir.is_locked() or slurm.live_job(run_dir, live):
             action = "elsewhere"
         elif run_dir.is_done():
             action = "redo" if force else "done"
@@ -94,9 +123,12 @@ def run_local(
     console: Console | None = None,
     retry_failed: bool = False,
     force: bool = False,
+    gpus_per_run: int = 0,
 ) -> dict[str, str]:
-    """Train and evaluate every run that `triage` says to; returns run id -> final state
-    ("waiting" for a run whose needed run another process is training)."""
+    """Train and evaluate every run that `triage` says to, `jobs` at a time on the CPU, or
+    with `gpus_per_run` GPUs each, as many at once as this machine's GPUs allow; returns run
+    id -> final state ("waiting" for a run whose needed run another process is training)."""
+    slots = gpu_slots(gpus_per_run, jobs)
     console = console or Console(stderr=True)
     states: dict[str, str] = {}
     pending: list[tuple[PlannedRun, RunDir]] = []
@@ -118,7 +150,7 @@ def run_local(
     if not pending:
         return states
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, (os.cpu_count() or 1) // len(slots))
     active: list[_Active] = []
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     columns = (
@@ -151,15 +183,16 @@ def run_local(
                     run_dir.set_status("failed", reason=reason, ended=time.time())
                     states[run.run_id] = "failed"
                     console.print(f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {reason}")
-                while len(active) < jobs and (ready := _ready(pending, states)):
+                while slots and (ready := _ready(pending, states)):
                     run, run_dir = ready
                     pending.remove(ready)
-                    process, log = _launch(run_dir, threads)  # it records "running" itself
+                    gpus = slots.pop()
+                    process, log = _launch(run_dir, threads, gpus)  # it records "running"
                     # Epoch-based configs learn their iteration count from the first
                     # progress file (it depends on the dataset's size).
                     total = run.config["train_cfg"].get("max_iters")
                     task = progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
-                    active.append(_Active(run, run_dir, process, task, log))
+                    active.append(_Active(run, run_dir, process, task, log, gpus))
                 time.sleep(0.5)
                 for item in list(active):
                     info = item.run_dir.progress()
@@ -176,6 +209,7 @@ def run_local(
                         continue
                     item.log.close()
                     active.remove(item)
+                    slots.append(item.gpus)
                     progress.update(overall, advance=1)
                     if code == LOCKED:  # another process took the run between triage and now
                         states[item.run.run_id] = "running"
@@ -183,13 +217,12 @@ def run_local(
                             f"[yellow]elsewhere[/] {item.run.run_id}: {ACTIONS['elsewhere']}"
                         )
                         continue
-                    if code == 0 and item.run_dir.is_done():
-                        state = "done"
-                    elif code == -signal.SIGTERM:  # `seesaw cancel`, or the scheduler
-                        state = "cancelled"
-                    else:
-                        state = "failed"
-                    item.run_dir.set_status(state, returncode=code, ended=time.time())
+                    state = item.run_dir.status()["state"]
+                    killed = {}
+                    if state == "running":  # killed before it could record its end itself
+                        state = "cancelled" if code == -signal.SIGTERM else "failed"
+                        killed = {"reason": f"the job was killed (exit code {code})"}
+                    item.run_dir.set_status(state, returncode=code, ended=time.time(), **killed)
                     states[item.run.run_id] = state
                     if state != "done":
                         console.print(
@@ -255,3 +288,91 @@ def cancel_local(run_dir: RunDir, timeout: float = 60.0) -> bool:
         time.sleep(0.2)
     run_dir.set_status("cancelled", ended=time.time())
     return True
+
+
+def run_slurm(
+    runs: list[PlannedRun],
+    work_dir: Path,
+    data_root: Path,
+    options: slurm.SlurmOptions,
+    console: Console | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
+) -> dict[str, str]:
+    """Submit one Slurm job per run that `triage` says to train, each after the jobs of the
+    runs it needs; returns run id -> state ("queued" for the submitted ones)."""
+    slurm.check_slurm(options.partition)
+    # The job runs in its run folder, on other machines: it needs absolute paths.
+    work_dir, data_root = Path(work_dir).resolve(), Path(data_root).resolve()
+    console = console or Console(stderr=True)
+    states: dict[str, str] = {}
+    jobs: dict[str, str] = {}  # run id -> its Slurm job, for the runs that need it
+    for run, action in triage(runs, work_dir, retry_failed, force):
+        run_dir = RunDir(work_dir, run.run_id)
+        rows = ", ".join(run.rows)
+        if action in ("done", "failed"):
+            states[run.run_id] = action
+            console.print(
+                f"[{'green' if action == 'done' else 'red'}]{action}[/] {run.run_id} "
+                f"({rows}): {ACTIONS[action]}"
+            )
+            continue
+        if action == "elsewhere":
+            status = run_dir.status()
+            states[run.run_id] = status["state"]
+            if status.get("executor") == "slurm":
+                jobs[run.run_id] = status["job_id"]
+            console.print(f"[yellow]elsewhere[/] {run.run_id} ({rows}): {ACTIONS[action]}")
+            continue
+        if action == "redo":
+            run_dir.archive()
+        run_dir.prepare(run, data_root)
+        unfinished = [n for n in run.needs if states.get(n) in ("failed", "cancelled")]
+        elsewhere = [n for n in run.needs if states.get(n) == "running" and n not in jobs]
+        if unfinished or elsewhere:
+            if unfinished:
+                reason = f"failed-dependency: needed run(s) {', '.join(unfinished)} did not finish"
+                run_dir.set_status("failed", reason=reason, ended=time.time())
+                states[run.run_id] = "failed"
+            else:
+                reason = f"waits for {', '.join(elsewhere)}, trained outside Slurm now"
+                states[run.run_id] = "waiting"
+            console.print(f"[red]not submitted[/] {run.run_id} ({rows}): {reason}")
+            continue
+        after = [jobs[n] for n in run.needs if n in jobs]
+        jobs[run.run_id] = slurm.submit(run, run_dir, options, after)
+        states[run.run_id] = "queued"
+        needs = f" after job(s) {', '.join(after)}" if after else ""
+        console.print(f"[cyan]submitted[/] {run.run_id} ({rows}): job {jobs[run.run_id]}{needs}")
+    return states
+
+
+def follow(
+    runs: list[PlannedRun], work_dir: Path, console: Console | None = None, poll_s: float = 5.0
+) -> dict[str, str]:
+    """Show the progress of runs queued in Slurm until each has ended; their final states."""
+    console = console or Console(stderr=True)
+    run_dirs = [RunDir(work_dir, run.run_id) for run in runs]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        tasks = {d.run_id: progress.add_task(d.run_id, total=None) for d in run_dirs}
+        while True:
+            live = slurm.refresh(run_dirs)
+            states = {}
+            for run, run_dir in zip(runs, run_dirs, strict=True):
+                job = slurm.live_job(run_dir, live)
+                state = run_dir.status()["state"]
+                if job is not None:  # Slurm has it: it will run, or runs now
+                    state = "running" if job.state == "RUNNING" else "queued"
+                states[run.run_id] = state
+                info = run_dir.progress() or {}
+                where = f"job {job.job_id} {job.state.lower()}" if job else state
+                progress.update(
+                    tasks[run.run_id],
+                    completed=info.get("iter", 0),
+                    total=info.get("max_iters"),
+                    description=f"{run.run_id} {run.rows[0]}: {where}",
+                )
+            if all(state in FINAL_STATES for state in states.values()):
+                return states
+            time.sleep(poll_s)

@@ -4,15 +4,17 @@ They write into the runner's work_dir, so a config trained with mmdet's own tool
 leaves the same files as one trained by `seesaw repro`.
 """
 
+import signal
 import time
 from pathlib import Path
 
 import torch
+from mmengine.dist import all_reduce, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
-from mmengine.runner import Runner
+from mmengine.runner import IterBasedTrainLoop, Runner
 
-from .files import write_json_atomic
+from .files import write_json_atomic, write_text_atomic
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.json"
@@ -244,3 +246,89 @@ class ClassifierFinetuneHook(Hook):
         for module in model.modules():
             if not any(p.requires_grad for p in module.parameters()):
                 module.eval()
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Makes a resumed run take exactly the steps of a run never stopped.
+
+    Each checkpoint keeps torch's random state (CPU and CUDA), which RoI sampling draws
+    from, and the first iteration after a resume restores it. numpy's state needs no saving:
+    on resume, mmengine's iteration-based loop fetches the skipped batches again, which
+    replays the data pipeline's numpy draws.
+    """
+
+    priority = "VERY_LOW"  # restore after every other hook's before_train_iter
+
+    def __init__(self) -> None:
+        self._restore: dict | None = None
+
+    def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        checkpoint["random_state"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
+        self._restore = checkpoint.get("random_state")
+
+    def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: object = None) -> None:
+        if self._restore is None or runner.iter == 0:  # iter 0: load_from, not a resume
+            return
+        torch.set_rng_state(self._restore["torch"])
+        if self._restore["cuda"]:
+            torch.cuda.set_rng_state_all(self._restore["cuda"])
+        self._restore = None
+
+
+class Stopped(Exception):
+    """Training was stopped by a signal (StopOnSignalHook); it resumes from its checkpoint."""
+
+
+@HOOKS.register_module()
+class StopOnSignalHook(Hook):
+    """On SIGTERM or SIGUSR1 (a cancel, a preemption, a Slurm requeue or time limit), finish
+    the current iteration, save a checkpoint of it and raise Stopped, so that the next
+    attempt resumes exactly there (see RandomStateHook).
+
+    An epoch-based loop saves nothing extra: mmengine resumes it at epoch boundaries only,
+    so it resumes from its last epoch's checkpoint.
+    """
+
+    priority = "LOWEST"  # after CheckpointHook, which may have saved this iteration already
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self._received: int | None = None
+
+    def before_train(self, runner: Runner) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._received = signum
+
+    def after_train_iter(
+        self, runner: Runner, batch_idx: int, data_batch: object = None, outputs: object = None
+    ) -> None:
+        stop = torch.tensor(float(self._received is not None))
+        if is_distributed():  # every rank stops at the same iteration
+            all_reduce(stop, op="max")
+        if not stop.item():
+            return
+        name = f"iter_{runner.iter + 1}.pth"
+        last = Path(runner.work_dir) / "last_checkpoint"
+        iteration_based = isinstance(runner.train_loop, IterBasedTrainLoop)
+        if iteration_based and not (last.exists() and last.read_text().endswith(name)):
+            runner.save_checkpoint(runner.work_dir, name, by_epoch=False)
+            if is_main_process():
+                write_text_atomic(last, str(Path(runner.work_dir) / name))
+        runner.logger.warning(
+            f"stopped by signal {self._received} after iteration {runner.iter + 1}; "
+            f"the next attempt resumes from {last.read_text() if last.exists() else 'the start'}"
+        )
+        raise Stopped
+
+    def after_train(self, runner: Runner) -> None:
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)

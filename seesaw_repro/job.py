@@ -1,13 +1,19 @@
-"""One run, in its own process: `python -m seesaw_repro.job RUN_DIR`.
-
-A test-dev run (methods.test_dev) only predicts: mmengine's test loop writes its result files.
+"""One run, in its own process: `python -m seesaw_repro.job RUN_DIR [--launcher L]`.
 
 Trains the config in RUN_DIR/config.py with mmengine's Runner, resuming from the newest
-checkpoint there if a previous attempt was killed (as tools/train.py --resume would); the
+checkpoint there if a previous attempt was stopped (as tools/train.py --resume would); the
 evaluation after the last iteration writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
+A test-dev run (methods.test_dev) only predicts: mmengine's test loop writes its result files.
+
+The job records its own state (running, then done, failed or cancelled) in status.json; an
+executor records only what the job cannot: queued, and a job killed outright. With several
+processes (`--launcher pytorch` under torchrun, `--launcher slurm` under srun) only rank 0
+takes the run's lock and writes its state.
 """
 
+import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,37 +24,83 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from seesaw_repro.files import try_lock
+from seesaw_repro.hooks import Stopped
 from seesaw_repro.runs import LOCK_FILE, RunDir
 
 LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
+STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
 
 
-def main(run_dir: Path) -> int:
-    """Train and evaluate the run in `run_dir`; returns the process exit code."""
-    lock = try_lock(run_dir / LOCK_FILE)
-    if lock is None:
-        print(f"{run_dir} is being trained by another process; not starting", file=sys.stderr)
-        return LOCKED
+def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
+    """Train and evaluate the run in `run_dir` with `gpus` GPUs on this node (0: CPU);
+    returns the process exit code."""
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     run = RunDir(run_dir.parent.parent, run_dir.name)
-    run.set_status("running", pid=os.getpid(), started=time.time(), log=str(run.log_file))
+    if run.is_done():  # e.g. a finished Slurm job requeued by hand: nothing to redo
+        print(f"{run_dir} is done already; not training it again", file=sys.stderr)
+        return 0
+    if rank == 0:
+        lock = try_lock(run_dir / LOCK_FILE)  # held until this process ends
+        if lock is None:
+            print(f"{run_dir} is being trained by another process; not starting", file=sys.stderr)
+            return LOCKED
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        run.set_status(
+            "running",
+            pid=os.getpid(),
+            started=time.time(),
+            log=str(run.log_file),
+            **({"job_id": slurm_job} if slurm_job else {}),
+        )
+
+    def record(state: str, **fields: object) -> None:
+        if rank == 0:
+            run.set_status(state, ended=time.time(), **fields)
+
+    try:
+        finished = _train(run_dir, launcher, gpus)
+    except (Stopped, KeyboardInterrupt):
+        record("cancelled", reason="stopped by a signal; resumes from its last checkpoint")
+        return STOPPED
+    except BaseException as err:
+        record("failed", reason=f"{type(err).__name__}: {err}"[:500])
+        raise
+    if not finished:
+        print(f"the run finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
+        record("failed", reason="finished without writing metrics.json")
+        return 1
+    record("done")
+    return 0
+
+
+def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
+    if gpus > torch.cuda.device_count():
+        raise RuntimeError(
+            f"the job asks for {gpus} GPU(s) but torch sees {torch.cuda.device_count()} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}, torch "
+            f"{torch.__version__}): install a CUDA build of torch (setup.sh, VENV=none)"
+        )
     if "SEESAW_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["SEESAW_THREADS"]))
     # The config's custom_imports loads seesaw_repro.mmdet_plugin, as in mmdet's tools/train.py.
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
+    cfg.launcher = launcher
     if find_latest_checkpoint(str(run_dir)):
-        # A previous attempt was killed: go on from its newest checkpoint, not from load_from.
+        # A previous attempt was stopped: go on from its newest checkpoint, not from load_from.
         cfg.resume, cfg.load_from = True, None
     runner = Runner.from_cfg(cfg)
     if cfg.get("seesaw", {}).get("job") == "test-dev":
         runner.test()  # the trained run's model on test-dev; no training
     else:
         runner.train()
-    if not (run_dir / "metrics.json").exists():
-        print(f"the run finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
-        return 1
-    return 0
+    return (run_dir / "metrics.json").exists()
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]).resolve()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs on this node (0: CPU)")
+    args = parser.parse_args()
+    sys.exit(main(args.run_dir.resolve(), args.launcher, args.gpus))

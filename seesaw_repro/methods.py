@@ -222,6 +222,8 @@ def suite_parts(spec: RunSpec) -> dict:
         "custom_hooks": [
             {"type": "ProgressFileHook"},
             {"type": "MetricsFileHook"},
+            {"type": "RandomStateHook"},
+            {"type": "StopOnSignalHook"},
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
         ],
     }

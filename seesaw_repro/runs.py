@@ -17,9 +17,11 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
+from importlib.metadata import version
 from pathlib import Path
 
 from . import configs, methods
+from .errors import UserError
 from .files import read_json, try_lock, write_json_atomic, write_text_atomic
 from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
@@ -27,6 +29,8 @@ from .recipes import Table
 STATUS_FILE = "status.json"
 LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)
 STATES = ("queued", "running", "done", "failed", "cancelled")
+FINAL_STATES = ("done", "failed", "cancelled")
+SUITE_VERSION = version("seesaw-repro")
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,24 @@ class RunDir:
         """Record a state change, keeping the fields recorded before."""
         assert state in STATES, state
         old = read_json(self.path / STATUS_FILE) or {}
+        if state in ("queued", "running"):  # a new attempt: the last one's outcome goes
+            old = {k: v for k, v in old.items() if k not in ("reason", "ended", "returncode")}
         write_json_atomic(
             self.path / STATUS_FILE,
             {**old, **fields, "state": state, "host": socket.gethostname(), "updated": time.time()},
         )
+
+    def check_version(self) -> None:
+        """Refuse a run folder written by another version of the suite: the same run id
+        may not mean the same training there."""
+        made_by = (read_json(self.path / "run.json") or {"suite_version": SUITE_VERSION}).get(
+            "suite_version", "an unknown version"
+        )
+        if made_by != SUITE_VERSION:
+            raise UserError(
+                f"{self.path} was made by seesaw-repro {made_by}, this is {SUITE_VERSION}: "
+                "use another --work-dir, or move that folder away to train the run anew"
+            )
 
     def archive(self) -> Path:
         """Move the run's folder aside (to <run id>.old-<time>), so it can be trained anew
@@ -147,5 +165,6 @@ class RunDir:
                 "spec": asdict(run.spec),
                 "rows": run.rows,
                 "needs": run.needs,
+                "suite_version": SUITE_VERSION,
             },
         )

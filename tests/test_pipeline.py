@@ -2,10 +2,12 @@
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -54,12 +56,40 @@ def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
     assert set(frame[frame.run_id != run.run_id].state) == {"planned"}
 
 
-def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick_preset):
+def _gradient_stats_run(preset):
     spec = replace(load_table("table2").rows[1].spec, gradient_stats=True)  # MF only
-    config = resolve(spec, with_quick_preset.name)
-    run = PlannedRun(run_id(config), with_quick_preset.name, spec, config, ("test:mf",))
-    run_dir = RunDir(tmp_path, run.run_id)
+    config = resolve(spec, preset.name)
+    return PlannedRun(run_id(config), preset.name, spec, config, ("test:mf",))
+
+
+def _json_files_stay_whole(run_dir: Path, stop: threading.Event, bad: list) -> None:
+    """Read the run's state files over and over, as `seesaw status` would, noting any
+    that is not whole JSON."""
+    while not stop.is_set():
+        for name in ("status.json", "progress.json", "metrics.json"):
+            try:
+                text = (run_dir / name).read_text()
+            except FileNotFoundError:
+                continue
+            try:
+                json.loads(text)
+            except json.JSONDecodeError:
+                bad.append((name, text))
+
+
+def test_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(
+    tmp_path, quick_data, with_quick_preset
+):
+    run = _gradient_stats_run(with_quick_preset)
+    straight = RunDir(tmp_path / "straight", run.run_id)
+    assert run_local([run], tmp_path / "straight", quick_data) == {run.run_id: "done"}
+
+    run_dir = RunDir(tmp_path / "killed", run.run_id)
     run_dir.prepare(run, quick_data)
+    stop, bad = threading.Event(), []
+    reader = threading.Thread(target=_json_files_stay_whole, args=(run_dir.path, stop, bad))
+    reader.start()
+    kill_after = random.uniform(0.0, 3.0)
     with open(run_dir.log_file, "a") as log:
         job = subprocess.Popen(
             [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
@@ -71,19 +101,25 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path, quick_data, with_quick
         while not (run_dir.path / "last_checkpoint").exists():
             assert job.poll() is None, "the job ended before its first checkpoint"
             assert time.monotonic() < deadline
-            time.sleep(0.2)
+            time.sleep(0.05)
+        time.sleep(kill_after)
         job.send_signal(signal.SIGKILL)
         job.wait()
-    assert not run_dir.is_done()
     saved = int(re.search(r"iter_(\d+)\.pth", (run_dir.path / "last_checkpoint").read_text())[1])
-    assert 0 < saved < run.config["train_cfg"]["max_iters"]
+    assert 0 < saved <= run.config["train_cfg"]["max_iters"]
 
-    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
-    log = run_dir.log_file.read_text()
-    resumed = [int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", log)]
+    assert run_local([run], tmp_path / "killed", quick_data) == {run.run_id: "done"}
+    stop.set()
+    reader.join()
+    assert not bad, f"a reader saw a partial file: {bad[0]}"
+    resumed = [
+        int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", run_dir.log_file.read_text())
+    ]
     assert resumed and resumed[-1] >= saved
-    assert sorted(run_dir.metrics()) == sorted(METRICS)
+    message = f"killed {kill_after:.2f} s after the first checkpoint, resumed at {resumed}"
+    assert run_dir.metrics() == straight.metrics(), message
     stats = json.loads((run_dir.path / "gradient_stats.json").read_text())
+    assert stats == json.loads((straight.path / "gradient_stats.json").read_text()), message
     head = stats["heads"]["roi_head.bbox_head.loss_cls"]
     assert stats["iter"] == run.config["train_cfg"]["max_iters"]
     assert len(head["positive"]) == len(head["negative"]) == 30

@@ -1,12 +1,13 @@
 """What `seesaw repro` does with each run: skip the done and the failed, leave a run that
 another process trains to it, train again on request, and say so beforehand (--dry-run)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 from seesaw_repro.executors import run_local, triage
-from seesaw_repro.job import LOCKED
+from seesaw_repro.job import LOCKED, STOPPED
 from seesaw_repro.recipes import load_table
 from seesaw_repro.runs import LOCK_FILE, RunDir, plan
 
@@ -112,9 +113,12 @@ def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick
             time.sleep(0.2)
         assert run_dir.status()["state"] == "running" and run_dir.status()["pid"] == job.pid
         assert cancel_local(run_dir)
-        assert job.wait(timeout=30) == -15
+        assert job.wait(timeout=30) == STOPPED
     assert run_dir.status()["state"] == "cancelled" and not run_dir.is_locked()
-    assert triage([run], tmp_path)[0][1] in ("train", "resume")  # not skipped as failed
+    # It saved the iteration it was stopped at, and the next repro resumes from there.
+    assert "stopped by signal 15" in run_dir.log_file.read_text()
+    assert (run_dir.path / "last_checkpoint").exists()
+    assert triage([run], tmp_path) == [(run, "resume")]
 
 
 def test_a_corrupt_status_file_is_one_clear_line(tmp_path):
@@ -124,3 +128,14 @@ def test_a_corrupt_status_file_is_one_clear_line(tmp_path):
     result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2
     assert "status.json is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_folder_of_another_suite_version_is_one_clear_line(tmp_path):
+    run = plan(load_table("table2"), "tiny")[0]
+    run_dir = RunDir(tmp_path / "w", run.run_id)
+    run_dir.prepare(run, tmp_path / "data")
+    run_json = json.loads((run_dir.path / "run.json").read_text())
+    (run_dir.path / "run.json").write_text(json.dumps({**run_json, "suite_version": "0.0.1"}))
+    result = _seesaw("repro", "table2", "--dry-run", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "was made by seesaw-repro 0.0.1, this is" in " ".join(result.stderr.split())
