@@ -36,3 +36,15 @@ def quick_data(tmp_path_factory, quick_preset):
 def with_quick_preset(monkeypatch, quick_preset):
     monkeypatch.setitem(presets.PRESETS, quick_preset.name, quick_preset)
     return quick_preset
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; torch sees none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

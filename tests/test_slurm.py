@@ -14,7 +14,7 @@ import torch
 
 from seesaw_repro import slurm
 from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import follow, run_local, run_slurm
+from seesaw_repro.executors import follow, run_local, run_slurm, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.runs import PlannedRun, RunDir, plan
 
@@ -123,6 +123,26 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_result(
     _assert_same_training(run_dir, straight)
     stats = "gradient_stats.json"
     assert (run_dir.path / stats).read_text() == (straight.path / stats).read_text()
+
+
+def test_cancel_stops_a_slurm_job_and_the_run_resumes_later(
+    tmp_path, cluster, quick_data, with_quick_preset
+):
+    run = _longer_run(with_quick_preset, iters=60)
+    work = tmp_path / "w"
+    run_slurm([run], work, quick_data, CPU_JOB)
+    run_dir = RunDir(work, run.run_id)
+    deadline = time.monotonic() + 300
+    while (run_dir.progress() or {}).get("iter", 0) < 5:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert slurm.cancel(run_dir)
+    status = run_dir.status()
+    assert status["state"] == "cancelled" and status["reason"] == f"scancel {status['job_id']}"
+    assert slurm.live_job(run_dir, slurm.live_jobs()) is None
+    assert "stopped by signal 15" in run_dir.log_file.read_text()
+    assert triage([run], work) == [(run, "resume")]
+    assert not slurm.cancel(run_dir)  # nothing left to cancel
 
 
 def _decoupled_pair(preset_name: str) -> tuple[PlannedRun, PlannedRun]:
