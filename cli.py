@@ -4,6 +4,7 @@ Segmentation" (Wang et al., CVPR 2021) with mmdetection, and compare with the pa
 from __future__ import annotations
 
 import functools
+import io
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: generate the tiny preset's long-tailed LVIS-format data.")
 app.add_typer(data_app, name="data", no_args_is_help=True)
+plot_app = typer.Typer(help="The paper's figures from finished runs, as PNG and PDF.")
+app.add_typer(plot_app, name="plot", no_args_is_help=True)
 console = Console(stderr=True)
 
 WORK_DIR = typer.Option(
@@ -205,20 +208,64 @@ def repro(
 @app.command("report")
 @user_errors
 def report_command(
-    table: str = typer.Argument(..., help="The table or figure to show: table2, figure3."),
+    table: str = typer.Argument(
+        "all", help="The table or figure to show (table2, figure3), or 'all'."
+    ),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
+    fmt: str = typer.Option(
+        "rich", "--format", help="rich (terminal), markdown, latex (a table* float) or csv."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Write to this file, not stdout."),
 ) -> None:
-    """Print a table as the paper lays it out, each cell "reproduced (paper, delta)".
+    """Show tables as the paper lays them out, each cell "reproduced (paper, delta)".
 
     Runs not finished yet are marked with their state, so it works while runs are in flight.
     """
-    from seesaw_repro import recipes, report, runs, slurm
+    from seesaw_repro import report, runs, slurm
+    from seesaw_repro.files import write_text_atomic
 
-    spec_table = recipes.load_table(table)
+    if fmt not in report.FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: use one of {', '.join(report.FORMATS)}")
+    tables = _tables(table)
+    planned = runs.plan_tables(tables, preset)
     # Runs whose Slurm job ended without a word (killed, out of time) are marked first.
-    slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in runs.plan(spec_table, preset)])
-    report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
+    slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in planned])
+    frames = [(t, report.compare(t, preset, work_dir)) for t in tables]
+    if fmt == "rich":
+        screen = Console(file=io.StringIO(), width=120, record=True) if out else Console()
+        for spec_table, frame in frames:
+            report.render(spec_table, frame, preset, screen)
+        if out:
+            write_text_atomic(out, screen.export_text())
+            console.print(f"wrote {out}")
+        return
+    text = report.format_text(frames, preset, fmt)
+    if out:
+        write_text_atomic(out, text)
+        console.print(f"wrote {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@app.command()
+@user_errors
+def collect(
+    work_dir: Path = WORK_DIR,
+    out: Path = typer.Option(
+        Path("results/runs"), "--out", help="File name without suffix: writes .csv and .parquet."
+    ),
+) -> None:
+    """Gather every run of the work dir into one tidy table (run id, preset, table, row,
+    metric, value, split, status, suite version), saved as CSV and parquet."""
+    from seesaw_repro import results
+
+    frame = results.collect(work_dir)
+    written = results.save(frame, out)
+    console.print(
+        f"{len(frame)} rows from {frame.run_id.nunique()} runs: wrote "
+        f"{', '.join(map(str, written))}"
+    )
 
 
 @app.command()
@@ -371,6 +418,44 @@ def config(
         console.print(f"wrote {out} (run {run.run_id}: {', '.join(run.rows)})")
     else:
         typer.echo(cfg.pretty_text)
+
+
+@plot_app.command("gradients")
+@user_errors
+def plot_gradients(
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Dataset root (its train annotations give the categories)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="File name without suffix [default: WORK_DIR/figures/figure3]."
+    ),
+) -> None:
+    """Figure 3: per category, cumulative positive over negative gradient of the box
+    classifier, CE beside Seesaw, categories by training instances; from the two runs of
+    `seesaw repro figure3`."""
+    from seesaw_repro import configs, plots, presets, recipes, runs
+
+    figure = recipes.load_table("figure3")
+    labels = {"ce": "CE", "seesaw": "Seesaw"}
+    run_dirs = {}
+    for row in figure.rows:
+        run_dir = runs.RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
+        if not run_dir.is_done():
+            raise UserError(
+                f"the {labels[row.key]} run of Figure 3 ({run_dir.run_id}, preset {preset}) is "
+                f"{run_dir.status()['state']}, not done: run `seesaw repro figure3 --preset "
+                f"{preset}` first"
+            )
+        run_dirs[labels[row.key]] = run_dir.path
+    root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
+    written = plots.plot_gradient_ratios(
+        run_dirs,
+        root / "annotations" / "lvis_v1_train.json",
+        out or work_dir / "figures" / "figure3",
+    )
+    console.print(f"wrote {', '.join(map(str, written))}")
 
 
 @data_app.command("synth")

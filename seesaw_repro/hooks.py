@@ -91,7 +91,8 @@ class MetricsFileHook(Hook):
     def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
         if runner.iter < runner.max_iters:
             return
-        record: dict = {"split": "val", "iter": runner.iter}
+        batch = runner.world_size * runner.cfg.train_dataloader.batch_size
+        record: dict = {"split": "val", "iter": runner.iter, "batch": batch}
         if metrics:
             record["metrics"] = paper_metrics(metrics)
         else:

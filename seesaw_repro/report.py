@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from . import configs
@@ -55,17 +57,19 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
     for key in paper.index:
         row = recipe_rows.get(key)
         note = paper.at[key, "note"]
+        batch = math.nan
         if row is None:
             rid, state, measured = "", "not run", {}
         else:
             rid = configs.run_id(configs.resolve(row.spec, preset))
             run_dir = RunDir(work_dir, rid)
             state, measured = run_dir.status()["state"], run_dir.metrics() or {}
+            batch = run_dir.total_batch() or math.nan
             server_files = run_dir.server_results()
             if server_files:
                 state = "server"
                 note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."
-        record = {"row": key, "run_id": rid, "state": state}
+        record = {"row": key, "run_id": rid, "state": state, "batch": batch}
         record.update({col: paper.at[key, col] for col in table.columns})
         for metric in METRICS:
             ours = measured.get(metric, math.nan)
@@ -78,53 +82,136 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _cell(ours: float, theirs: float, delta: float, state: str, figure: bool) -> str:
+FORMATS = ("rich", "markdown", "latex", "csv")
+PAPER_BATCH = 16
+
+
+def _cell(rec: dict, metric: str, figure: bool, markup: bool) -> str:
+    ours, theirs, delta = (rec[f"{metric}_{k}"] for k in ("repro", "paper", "delta"))
     if figure:  # nothing to compare with
-        return f"[dim]{state}[/]" if math.isnan(ours) else f"{ours:.1f}"
+        return rec["state"] if math.isnan(ours) else f"{ours:.1f}"
     paper = "n/a" if math.isnan(theirs) else f"{theirs:.1f}"
     if math.isnan(ours):
-        return f"[dim]{state} ({paper})[/]"
+        return f"[dim]{rec['state']} ({paper})[/]" if markup else f"{rec['state']} ({paper})"
     if math.isnan(delta):
         return f"{ours:.1f} ({paper})"
-    colour = "green" if delta >= 0 else "red"
-    return f"{ours:.1f} ({paper}, [{colour}]{delta:+.1f}[/])"
+    sign = f"{delta:+.1f}"
+    if markup:
+        sign = f"[{'green' if delta >= 0 else 'red'}]{sign}[/]"
+    return f"{ours:.1f} ({paper}, {sign})"
+
+
+def _grid(table: Table, frame: pd.DataFrame, markup: bool) -> tuple[list[str], list[list[str]]]:
+    """The table's header and cells, as the paper lays it out."""
+    header = (["row"] if table.is_figure else []) + list(table.columns)
+    header += [HEADERS[m] for m in METRICS] + ["run"]
+    rows = []
+    for rec in frame.to_dict("records"):
+        cells = ([rec["row"]] if table.is_figure else []) + [rec[c] for c in table.columns]
+        cells += [_cell(rec, m, table.is_figure, markup) for m in METRICS]
+        rows.append([*cells, f"{rec['run_id'][:7]} {rec['state']}".strip()])
+    return header, rows
+
+
+def footnotes(table: Table, frame: pd.DataFrame, preset: str) -> list[str]:
+    """What a reader must know to read the table: how cells read, row notes, and where the
+    setup differed from the paper's."""
+    notes = [
+        "The paper shows this figure as a plot, with no numbers to compare."
+        if table.is_figure
+        else "Cells: reproduced (paper, reproduced - paper); n/a: not readable in the paper."
+    ]
+    notes += [
+        f"Note on row {rec['row']}: {rec['note']}"
+        for rec in frame.to_dict("records")
+        if rec["note"]
+    ]
+    other_batch = frame[frame.batch.notna() & (frame.batch != PAPER_BATCH)]
+    if preset == "paper" and len(other_batch):
+        batches = ", ".join(f"{r.row}: {int(r.batch)}" for r in other_batch.itertuples())
+        notes.append(
+            f"Total batch differs from the paper's {PAPER_BATCH} ({batches}); the learning "
+            "rate was scaled linearly (mmengine's auto_scale_lr)."
+        )
+    if preset != "paper":
+        notes.append(
+            f"Preset {preset!r}: generated data and a small model trained from scratch on CPU; "
+            "it checks the pipeline and the direction of effects, not the paper's values."
+        )
+    return notes
 
 
 def render(table: Table, frame: pd.DataFrame, preset: str, console: Console) -> None:
-    """Print the comparison as a rich table, with footnotes for missing and tiny numbers."""
+    """Print the comparison as a rich table, with its footnotes."""
     out = RichTable(title=table.title, caption=table.caption, show_lines=False)
-    if table.is_figure:
-        out.add_column("row")
-    for col in table.columns:
-        out.add_column(col, justify="center")
-    for metric in METRICS:
-        out.add_column(HEADERS[metric], justify="right")
-    out.add_column("run", style="dim")
-    for rec in frame.to_dict("records"):
-        cells = ([rec["row"]] if table.is_figure else []) + [rec[col] for col in table.columns]
-        cells += [
-            _cell(
-                rec[f"{m}_repro"],
-                rec[f"{m}_paper"],
-                rec[f"{m}_delta"],
-                rec["state"],
-                table.is_figure,
-            )
-            for m in METRICS
-        ]
-        out.add_row(*cells, f"{rec['run_id']} {rec['state']}")
+    header, rows = _grid(table, frame, markup=True)
+    for name in header:
+        out.add_column(name, justify="right" if name in HEADERS.values() else "center")
+    out.columns[-1].style = "dim"
+    for cells in rows:
+        out.add_row(*cells)
     console.print(out)
-    if table.is_figure:
-        console.print("The paper shows this figure as a plot, with no numbers to compare.")
-    else:
-        console.print(
-            "Cells: reproduced (paper, reproduced - paper); n/a: not readable in the paper."
-        )
-    for rec in frame.to_dict("records"):
-        if rec["note"]:
-            console.print(f"[dim]Note on row {rec['row']}: {rec['note']}[/]")
-    if preset != "paper":
-        console.print(
-            f"[yellow]Preset {preset!r}: generated data and a small model trained from scratch on "
-            "CPU; it checks the pipeline and the direction of effects, not the paper's values.[/]"
-        )
+    for note in footnotes(table, frame, preset):
+        style = "yellow" if note.startswith(("Preset", "Total batch")) else "dim"
+        console.print(f"[{style}]{escape(note)}[/]")
+
+
+LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\^{}",
+    "✓": r"$\surd$",  # LaTeX's own check mark; \checkmark would need amssymb
+}
+
+
+def _latex_escape(text: str) -> str:
+    return re.sub("|".join(map(re.escape, LATEX)), lambda m: LATEX[m.group()], text)
+
+
+def format_text(frames: list[tuple[Table, pd.DataFrame]], preset: str, fmt: str) -> str:
+    """Tables and their comparisons (`compare`) as Markdown, LaTeX table* floats (no
+    package beyond LaTeX's own), or one CSV of every column, with a `table` column."""
+    if fmt == "csv":
+        tidy = [frame.assign(table=table.name) for table, frame in frames]
+        both = pd.concat(tidy, ignore_index=True)
+        return both[["table", *[c for c in both.columns if c != "table"]]].to_csv(index=False)
+    if fmt not in ("markdown", "latex"):
+        raise RecipeError(f"unknown report format {fmt!r}: use one of {', '.join(FORMATS)}")
+    render_one = _markdown if fmt == "markdown" else _latex
+    return "\n".join(
+        render_one(table, *_grid(table, frame, markup=False), footnotes(table, frame, preset))
+        for table, frame in frames
+    )
+
+
+def _markdown(table: Table, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
+    lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join(" --- " for _ in header) + "|")
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join([*lines, "", table.caption, "", *(f"- {n}" for n in notes)]) + "\n"
+
+
+def _latex(table: Table, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
+    spec = "l" * (len(header) - len(METRICS) - 1) + "r" * len(METRICS) + "l"
+    lines = [
+        r"\begin{table*}[t]",
+        r"\centering\scriptsize",
+        rf"\caption{{{_latex_escape(table.title)}. {_latex_escape(table.caption)}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\hline",
+        " & ".join(_latex_escape(h) for h in header) + r" \\",
+        r"\hline",
+        *(" & ".join(_latex_escape(c) for c in r) + r" \\" for r in rows),
+        r"\hline",
+        r"\end{tabular}",
+        *(rf"\par {_latex_escape(n)}" for n in notes),
+        r"\end{table*}",
+    ]
+    return "\n".join(lines) + "\n"

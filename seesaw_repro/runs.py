@@ -95,6 +95,10 @@ class RunDir:
         data = read_json(self.path / METRICS_FILE)
         return data["metrics"] if data else None
 
+    def total_batch(self) -> int | None:
+        """The images per iteration, all GPUs together, of a done run (else None)."""
+        return (read_json(self.path / METRICS_FILE) or {}).get("batch")
+
     def server_results(self) -> list[str]:
         """A done test-dev run's result files for the LVIS evaluation server (else [])."""
         data = read_json(self.path / METRICS_FILE) or {}

@@ -1,0 +1,99 @@
+"""The paper's figures drawn from finished runs: PNG and PDF, sized for a paper column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import ticker
+
+from .errors import UserError
+from .files import read_json
+from .hooks import GRADIENT_STATS_FILE
+
+COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper
+GROUP_COLOURS = {"r": "#d62728", "c": "#ff7f0e", "f": "#2ca02c"}
+GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
+BOX_CLASSIFIER = "roi_head.bbox_head.loss_cls"  # Mask R-CNN's; a cascade's first stage is [0]
+
+
+def training_categories(train_ann: Path) -> list[dict]:
+    """The categories of an LVIS train annotation file, most training instances first, each
+    with its frequency group and instance count; index = the model's class index."""
+    try:
+        categories = json.loads(Path(train_ann).read_text())["categories"]
+    except FileNotFoundError:
+        raise UserError(f"the training annotations {train_ann} do not exist") from None
+    ordered = sorted(categories, key=lambda c: c["id"])  # mmdet's class order: by id
+    for index, category in enumerate(ordered):
+        category["class_index"] = index
+        if "instance_count" not in category:
+            raise UserError(f"{train_ann}: category {category['id']} has no instance_count")
+    return sorted(ordered, key=lambda c: -c["instance_count"])
+
+
+def gradient_ratios(run_dir: Path) -> np.ndarray:
+    """Per class, cumulative positive over negative gradient of the box classifier."""
+    stats = read_json(Path(run_dir) / GRADIENT_STATS_FILE)
+    if stats is None:
+        raise UserError(
+            f"{run_dir} has no {GRADIENT_STATS_FILE}: the run is not done, or was trained "
+            "without gradient_stats = true"
+        )
+    heads = stats["heads"]
+    head = heads.get(BOX_CLASSIFIER) or heads[sorted(heads)[0]]
+    positive, negative = np.asarray(head["positive"]), np.asarray(head["negative"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(negative > 0, positive / negative, np.nan)
+
+
+def plot_gradient_ratios(runs: dict[str, Path], train_ann: Path, out: Path) -> list[Path]:
+    """Figure 3: per category, the ratio of cumulative positive to negative gradients, the
+    categories sorted by training instances (most first), one panel per run (label -> run
+    folder), log scale, rare / common / frequent marked. Writes `out`.png and `out`.pdf."""
+    categories = training_categories(train_ann)
+    order = [c["class_index"] for c in categories]
+    groups = [c["frequency"] for c in categories]
+    x = np.arange(len(order))
+    fig, axes = plt.subplots(
+        1, len(runs), figsize=(COLUMN_WIDTH_IN * len(runs), 2.2), sharey=True, squeeze=False
+    )
+    for ax, (label, run_dir) in zip(axes[0], runs.items(), strict=True):
+        ratio = gradient_ratios(run_dir)[order]
+        colours = [GROUP_COLOURS.get(g, "grey") for g in groups]
+        ax.bar(x, np.nan_to_num(ratio, nan=0.0), width=1.0, color=colours, linewidth=0)
+        ax.axhline(1.0, color="black", linewidth=0.6, linestyle="--")
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("categories, most training instances first", fontsize=7)
+        ax.set_xlim(-0.5, len(x) - 0.5)
+        ax.tick_params(which="both", labelsize=6)
+        ax.yaxis.set_major_locator(
+            ticker.FixedLocator([0.01, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 100])
+        )
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[0][0].set_ylabel("positive / negative gradient", fontsize=7)
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups
+    ]
+    fig.legend(
+        handles,
+        [GROUP_NAMES[g] for g in GROUP_COLOURS if g in groups],
+        loc="upper right",
+        fontsize=6,
+        ncol=3,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix in (".png", ".pdf"):
+        path = out.with_suffix(suffix)
+        fig.savefig(path, dpi=300)
+        written.append(path)
+    plt.close(fig)
+    return written
