@@ -17,6 +17,7 @@ from .synth import TEST_DEV_INFO
 DATA_ROOT = "${DATA_ROOT}"
 RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
 WORK_DIR = "${WORK_DIR}"  # the run's own directory
+PER_CATEGORY_FILE = "per_category_ap.json"  # written by lvis_eval.FastLVISMetric
 
 
 class SpecError(UserError):
@@ -214,9 +215,10 @@ def finetune_classifier(config: dict, pretrained: str) -> None:
     }
 
 
-def suite_parts(spec: RunSpec) -> dict:
-    """What every config needs for the suite: its mmdet plugin and the hooks that leave the
-    run's state on disk (hooks.py), with Figure 3's gradient statistics when asked for."""
+def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
+    """What every config needs for the suite: its mmdet plugin, the hooks that leave the
+    run's state on disk (hooks.py), with Figure 3's gradient statistics when asked for, and
+    the LVIS evaluation of lvis_eval.py, which keeps each category's AP (Figure 4)."""
     return {
         "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
         "custom_hooks": [
@@ -226,6 +228,12 @@ def suite_parts(spec: RunSpec) -> dict:
             {"type": "StopOnSignalHook"},
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
         ],
+        "val_evaluator": {
+            "type": "FastLVISMetric",
+            "ann_file": val_ann_file,
+            "metric": ["bbox", "segm"],
+            "per_category_file": f"{WORK_DIR}/{PER_CATEGORY_FILE}",
+        },
     }
 
 

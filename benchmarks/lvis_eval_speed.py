@@ -1,0 +1,197 @@
+"""Our LVIS evaluation (seesaw_repro.lvis_eval) against lvis-api's LVISEval on the same
+generated LVIS-format case, bbox and segm: time, peak memory and the largest AP difference.
+
+    .venv/bin/python benchmarks/lvis_eval_speed.py [--images 500] [--only ours] [--chunk 50]
+
+The case: 1203 categories with LVIS v1's frequency split, rectangular instances given as
+polygons, LVIS's federated fields (neg_category_ids, not_exhaustive_category_ids), and 300
+detections per image (jittered copies of the instances and false positives). Each evaluator
+runs in its own process, so its peak memory (ru_maxrss) is its own. LVIS v1 val has 19,809
+images; --only ours evaluates that scale without waiting hours for lvis-api.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+NUM_CATEGORIES = 1203
+FREQUENCIES = {"r": 337, "c": 461, "f": 405}  # LVIS v1's rare / common / frequent counts
+WIDTH, HEIGHT = 640, 480
+
+
+def _polygon(box: list[float]) -> list[float]:
+    x, y, w, h = box
+    return [x, y, x + w, y, x + w, y + h, x, y + h]
+
+
+def build_case(images: int, seed: int = 0) -> tuple[dict, list[dict]]:
+    """Ground truth and detections of an LVIS-sized evaluation case."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(list(FREQUENCIES), list(FREQUENCIES.values()))
+    weights = np.where(groups == "f", 50.0, np.where(groups == "c", 5.0, 0.5))
+    weights /= weights.sum()
+    categories = [
+        {"id": i + 1, "name": f"c{i + 1}", "frequency": str(groups[i]), "image_count": 1}
+        for i in range(NUM_CATEGORIES)
+    ]
+    gt_images, annotations, detections = [], [], []
+    for image_id in range(1, images + 1):
+        present = rng.choice(NUM_CATEGORIES, size=rng.integers(1, 8), replace=False, p=weights)
+        absent = rng.choice(NUM_CATEGORIES, size=10, replace=False)
+        absent = [int(c) + 1 for c in absent if c not in present]
+        exhaustive_not = [int(c) + 1 for c in present if rng.random() < 0.2]
+        gt_images.append(
+            {
+                "id": image_id,
+                "width": WIDTH,
+                "height": HEIGHT,
+                "neg_category_ids": absent,
+                "not_exhaustive_category_ids": exhaustive_not,
+            }
+        )
+        boxes = []
+        for category in present:
+            for _ in range(rng.integers(1, 4)):
+                w, h = rng.uniform(16, 200, size=2)
+                x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
+                box = [float(x), float(y), float(w), float(h)]
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        "category_id": int(category) + 1,
+                        "bbox": box,
+                        "area": float(w * h),
+                        "segmentation": [_polygon(box)],
+                    }
+                )
+                boxes.append((int(category) + 1, box))
+        for k in range(300):
+            if k < 200 and boxes:  # a jittered instance, sometimes with the wrong category
+                category, (x, y, w, h) = boxes[k % len(boxes)]
+                x, y = x + rng.normal(0, 0.1 * w), y + rng.normal(0, 0.1 * h)
+                w, h = w * rng.uniform(0.7, 1.3), h * rng.uniform(0.7, 1.3)
+                if rng.random() < 0.3:
+                    category = int(rng.integers(1, NUM_CATEGORIES + 1))
+            else:  # a false positive anywhere
+                category = int(rng.integers(1, NUM_CATEGORIES + 1))
+                w, h = rng.uniform(16, 200, size=2)
+                x, y = rng.uniform(0, WIDTH - w), rng.uniform(0, HEIGHT - h)
+            box = [float(max(x, 0)), float(max(y, 0)), float(w), float(h)]
+            rle = mask_utils.merge(mask_utils.frPyObjects([_polygon(box)], HEIGHT, WIDTH))
+            rle["counts"] = rle["counts"].decode()
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": box,
+                    "score": float(rng.random()),
+                    "segmentation": rle,
+                }
+            )
+    for category in categories:
+        category["image_count"] = len(
+            {a["image_id"] for a in annotations if a["category_id"] == category["id"]}
+        )
+    gt = {"images": gt_images, "annotations": annotations, "categories": categories}
+    return gt, detections
+
+
+def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str, chunk: int) -> None:
+    """Evaluate with one evaluator; print JSON: seconds, peak MB, AP, AP_r, AP_c, AP_f."""
+    if which == "ours":
+        from seesaw_repro.lvis_eval import evaluate
+
+        start = time.perf_counter()
+        result = evaluate(Path(ann), Path(dets), iou_type, chunk=chunk)
+        metrics = {k: result[k] for k in ("AP", "AP_r", "AP_c", "AP_f")}
+    else:
+        from lvis import LVIS, LVISEval, LVISResults
+
+        from seesaw_repro import compat
+
+        compat.apply()  # lvis 0.5.3 needs numpy's removed np.float
+        start = time.perf_counter()
+        gt = LVIS(ann)
+        evaluator = LVISEval(gt, LVISResults(gt, dets, max_dets=300), iou_type)
+        evaluator.run()
+        results = evaluator.get_results()
+        metrics = {
+            "AP": results["AP"],
+            "AP_r": results["APr"],
+            "AP_c": results["APc"],
+            "AP_f": results["APf"],
+        }
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, **metrics}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--only", choices=["ours", "lvis-api"], default=None)
+    parser.add_argument("--chunk", type=int, default=50, help="categories per chunk (ours)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        evaluate_in_process(*args.child, chunk=args.chunk)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        gt, detections = build_case(args.images)
+        ann, dets = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
+        ann.write_text(json.dumps(gt))
+        dets.write_text(json.dumps(detections))
+        print(
+            f"case: {args.images} images, {len(gt['annotations'])} instances, "
+            f"{len(detections)} detections, {NUM_CATEGORIES} categories "
+            f"(built in {time.perf_counter() - started:.0f} s)"
+        )
+        evaluators = [args.only] if args.only else ["lvis-api", "ours"]
+        for iou_type in ("bbox", "segm"):
+            found = {}
+            for which in evaluators:
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--chunk",
+                        str(args.chunk),
+                        "--child",
+                        which,
+                        str(ann),
+                        str(dets),
+                        iou_type,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                found[which] = json.loads(out.stdout.strip().splitlines()[-1])
+                r = found[which]
+                print(
+                    f"{iou_type:4} {which:8} {r['seconds']:8.1f} s  peak {r['peak_mb']:7.0f} MB  "
+                    f"AP {r['AP']:.4f} AP_r {r['AP_r']:.4f} AP_c {r['AP_c']:.4f} "
+                    f"AP_f {r['AP_f']:.4f}"
+                )
+            if len(found) == 2:
+                ours, ref = found["ours"], found["lvis-api"]
+                diff = max(abs(ours[k] - ref[k]) for k in ("AP", "AP_r", "AP_c", "AP_f"))
+                print(
+                    f"{iou_type:4} ours is {ref['seconds'] / ours['seconds']:.1f}x faster, "
+                    f"{ref['peak_mb'] / ours['peak_mb']:.1f}x less memory; "
+                    f"largest AP difference {diff:.2e}"
+                )
+
+
+if __name__ == "__main__":
+    main()
