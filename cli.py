@@ -420,14 +420,35 @@ def config(
         typer.echo(cfg.pretty_text)
 
 
+def _figure_runs(figure: str, preset: str, work_dir: Path) -> dict:
+    """A figure's row keys -> run folders (done or not)."""
+    from seesaw_repro import configs, recipes, runs
+
+    rows = recipes.load_table(figure).rows
+    return {
+        row.key: runs.RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
+        for row in rows
+    }
+
+
+def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> Path:
+    from seesaw_repro import presets
+
+    root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
+    return root / "annotations" / "lvis_v1_train.json"
+
+
+PLOT_DATA_ROOT = typer.Option(
+    None, "--data-root", help="Dataset root (its train annotations give the categories)."
+)
+
+
 @plot_app.command("gradients")
 @user_errors
 def plot_gradients(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Dataset root (its train annotations give the categories)."
-    ),
+    data_root: Path | None = PLOT_DATA_ROOT,
     out: Path | None = typer.Option(
         None, "--out", help="File name without suffix [default: WORK_DIR/figures/figure3]."
     ),
@@ -435,26 +456,63 @@ def plot_gradients(
     """Figure 3: per category, cumulative positive over negative gradient of the box
     classifier, CE beside Seesaw, categories by training instances; from the two runs of
     `seesaw repro figure3`."""
-    from seesaw_repro import configs, plots, presets, recipes, runs
+    from seesaw_repro import plots
 
-    figure = recipes.load_table("figure3")
     labels = {"ce": "CE", "seesaw": "Seesaw"}
-    run_dirs = {}
-    for row in figure.rows:
-        run_dir = runs.RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
+    run_dirs = _figure_runs("figure3", preset, work_dir)
+    for key, run_dir in run_dirs.items():
         if not run_dir.is_done():
             raise UserError(
-                f"the {labels[row.key]} run of Figure 3 ({run_dir.run_id}, preset {preset}) is "
-                f"{run_dir.status()['state']}, not done: run `seesaw repro figure3 --preset "
+                f"the {labels.get(key, key)} run of Figure 3 ({run_dir.run_id}, preset {preset}) "
+                f"is {run_dir.status()['state']}, not done: run `seesaw repro figure3 --preset "
                 f"{preset}` first"
             )
-        run_dirs[labels[row.key]] = run_dir.path
-    root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
     written = plots.plot_gradient_ratios(
-        run_dirs,
-        root / "annotations" / "lvis_v1_train.json",
+        {labels.get(key, key): run_dir.path for key, run_dir in run_dirs.items()},
+        _train_annotations(preset, data_root, work_dir),
         out or work_dir / "figures" / "figure3",
     )
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
+@plot_app.command("per-category")
+@user_errors
+def plot_per_category(
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = PLOT_DATA_ROOT,
+    out: Path | None = typer.Option(
+        None, "--out", help="File name without suffix [default: WORK_DIR/figures/figure4]."
+    ),
+) -> None:
+    """Figure 4: mask AP per category of CE, EQL, BAGS and Seesaw, one panel per framework
+    and sampler, from the runs of `seesaw repro figure4` (Table 1's) that are done."""
+    from seesaw_repro import plots
+
+    frameworks = {"mask": "Mask R-CNN", "cascade": "Cascade Mask R-CNN"}
+    samplers = {"random": "random sampler", "rfs": "RFS"}
+    methods = {"ce": "CE", "eql": "EQL", "bags": "BAGS", "seesaw": "Seesaw"}
+    panels: dict[str, dict[str, Path]] = {}
+    missing = []
+    for key, run_dir in _figure_runs("figure4", preset, work_dir).items():
+        framework, sampler, method = key.split("_")
+        if not run_dir.is_done():
+            missing.append(key)
+            continue
+        title = f"{frameworks[framework]}, {samplers[sampler]}"
+        panels.setdefault(title, {})[methods[method]] = run_dir.path
+    if not panels:
+        raise UserError(
+            f"no run of Figure 4 (preset {preset}) is done: run `seesaw repro figure4 "
+            f"--preset {preset}` (its runs are Table 1's) first"
+        )
+    written = plots.plot_per_category(
+        panels,
+        _train_annotations(preset, data_root, work_dir),
+        out or work_dir / "figures" / "figure4",
+    )
+    if missing:
+        console.print(f"[yellow]not done, left out:[/] {', '.join(missing)}")
     console.print(f"wrote {', '.join(map(str, written))}")
 
 

@@ -12,6 +12,7 @@ from matplotlib import ticker
 from .errors import UserError
 from .files import read_json
 from .hooks import GRADIENT_STATS_FILE
+from .methods import PER_CATEGORY_FILE
 
 COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper
 GROUP_COLOURS = {"r": "#d62728", "c": "#ff7f0e", "f": "#2ca02c"}
@@ -88,6 +89,77 @@ def plot_gradient_ratios(runs: dict[str, Path], train_ann: Path, out: Path) -> l
         frameon=False,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return _save(fig, out)
+
+
+def per_category_ap(run_dir: Path, iou_type: str = "segm") -> dict[int, float]:
+    """A done run's AP per category id (-1: no ground truth in the evaluation)."""
+    found = read_json(Path(run_dir) / PER_CATEGORY_FILE)
+    if found is None:
+        raise UserError(f"{run_dir} has no {PER_CATEGORY_FILE}: the run is not done")
+    return {int(k): v for k, v in found[iou_type].items()}
+
+
+def plot_per_category(panels: dict[str, dict[str, Path]], train_ann: Path, out: Path) -> list[Path]:
+    """Figure 4: mask AP per category, categories by training instances (most first), one
+    panel per setting (title -> method label -> run folder), a running mean over a window of
+    2.5% of the categories so that the methods can be told apart, r/c/f bands shaded.
+    Writes `out`.png and `out`.pdf."""
+    categories = training_categories(train_ann)
+    ids = [c["id"] for c in categories]
+    groups = [c["frequency"] for c in categories]
+    window = max(1, len(ids) // 40)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(COLUMN_WIDTH_IN * len(panels), 2.3), sharey=True, squeeze=False
+    )
+    for ax, (title, runs) in zip(axes[0], panels.items(), strict=True):
+        for start, group in _group_spans(groups):
+            ax.axvspan(
+                start - 0.5,
+                start + group[1] - 0.5,
+                color=GROUP_COLOURS[group[0]],
+                alpha=0.08,
+                linewidth=0,
+            )
+        for label, run_dir in runs.items():
+            found = per_category_ap(run_dir)
+            ap = np.array([found.get(i, -1.0) for i in ids], dtype=float)
+            ap[ap < 0] = np.nan  # no ground truth: not part of the mean
+            smooth = _running_mean(100 * ap, window)
+            ax.plot(np.arange(len(ids)), smooth, linewidth=1.0, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("categories, most training instances first", fontsize=7)
+        ax.set_xlim(-0.5, len(ids) - 0.5)
+        ax.tick_params(which="both", labelsize=6)
+    axes[0][0].set_ylabel(f"mask AP (running mean of {window})", fontsize=7)
+    axes[0][0].legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _group_spans(groups: list[str]) -> list[tuple[int, tuple[str, int]]]:
+    """(start, (group, length)) of each run of equal frequency groups."""
+    spans: list[tuple[int, tuple[str, int]]] = []
+    for i, group in enumerate(groups):
+        if spans and spans[-1][1][0] == group:
+            start, (_, length) = spans[-1]
+            spans[-1] = (start, (group, length + 1))
+        else:
+            spans.append((i, (group, 1)))
+    return spans
+
+
+def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean over a centred window, ignoring NaN entries."""
+    valid = ~np.isnan(values)
+    kernel = np.ones(window)
+    sums = np.convolve(np.where(valid, values, 0.0), kernel, mode="same")
+    counts = np.convolve(valid.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
+
+
+def _save(fig: plt.Figure, out: Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []

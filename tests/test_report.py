@@ -150,3 +150,25 @@ def test_plot_gradients_says_which_run_is_missing(tmp_path):
     result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the CE run of Figure 3" in result.stderr and "seesaw repro figure3" in result.stderr
+
+
+def test_figure4_from_the_runs_of_one_setting(tmp_path, quick_data, with_quick_preset):
+    runs = [
+        r
+        for r in plan(load_table("figure4"), with_quick_preset.name)
+        if r.rows[0].startswith("figure04:mask_random_")
+    ]
+    assert len(runs) == 4
+    assert run_local(runs, tmp_path, quick_data, jobs=2) == {r.run_id: "done" for r in runs}
+    methods = {r.rows[0].rsplit("_", 1)[1]: RunDir(tmp_path, r.run_id).path for r in runs}
+    assert sorted(methods) == ["bags", "ce", "eql", "seesaw"]
+    train = quick_data / "annotations" / "lvis_v1_train.json"
+    written = plots.plot_per_category({"Mask R-CNN, random": methods}, train, tmp_path / "f4")
+    assert written[0].read_bytes().startswith(b"\x89PNG") and written[0].stat().st_size > 10_000
+    # What is plotted is the evaluation's own per-category AP.
+    for run_dir in methods.values():
+        found = plots.per_category_ap(run_dir)
+        assert len(found) == 30 and all(-1.0 <= v <= 1.0 for v in found.values())
+        segm_ap = json.loads((run_dir / "metrics.json").read_text())["metrics"]["AP"]
+        valid = [v for v in found.values() if v > -1]
+        assert 100 * sum(valid) / len(valid) == pytest.approx(segm_ap, abs=0.01)
