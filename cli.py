@@ -443,34 +443,66 @@ PLOT_DATA_ROOT = typer.Option(
 )
 
 
+def _ce_and_seesaw(figure: str, preset: str, work_dir: Path) -> dict[str, Path]:
+    """The CE and Seesaw run folders of Figure 1 or 3, which must both be done."""
+    labels = {"ce": "CE", "seesaw": "Seesaw"}
+    run_dirs = _figure_runs(figure, preset, work_dir)
+    for key, run_dir in run_dirs.items():
+        if not run_dir.is_done():
+            raise UserError(
+                f"the {labels.get(key, key)} run of Figure {figure[-1]} ({run_dir.run_id}, preset "
+                f"{preset}) is {run_dir.status()['state']}, not done: run `seesaw repro "
+                f"{figure} --preset {preset}` first"
+            )
+    return {labels.get(key, key): run_dir.path for key, run_dir in run_dirs.items()}
+
+
+def _figure_out(out: Path | None, work_dir: Path, name: str) -> Path:
+    return out or work_dir / "figures" / name
+
+
+FIGURE_OUT = typer.Option(
+    None, "--out", help="File name without suffix [default: WORK_DIR/figures/figureN]."
+)
+
+
 @plot_app.command("gradients")
 @user_errors
 def plot_gradients(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
     data_root: Path | None = PLOT_DATA_ROOT,
-    out: Path | None = typer.Option(
-        None, "--out", help="File name without suffix [default: WORK_DIR/figures/figure3]."
-    ),
+    out: Path | None = FIGURE_OUT,
 ) -> None:
     """Figure 3: per category, cumulative positive over negative gradient of the box
     classifier, CE beside Seesaw, categories by training instances; from the two runs of
     `seesaw repro figure3`."""
     from seesaw_repro import plots
 
-    labels = {"ce": "CE", "seesaw": "Seesaw"}
-    run_dirs = _figure_runs("figure3", preset, work_dir)
-    for key, run_dir in run_dirs.items():
-        if not run_dir.is_done():
-            raise UserError(
-                f"the {labels.get(key, key)} run of Figure 3 ({run_dir.run_id}, preset {preset}) "
-                f"is {run_dir.status()['state']}, not done: run `seesaw repro figure3 --preset "
-                f"{preset}` first"
-            )
     written = plots.plot_gradient_ratios(
-        {labels.get(key, key): run_dir.path for key, run_dir in run_dirs.items()},
+        _ce_and_seesaw("figure3", preset, work_dir),
         _train_annotations(preset, data_root, work_dir),
-        out or work_dir / "figures" / "figure3",
+        _figure_out(out, work_dir, "figure3"),
+    )
+    console.print(f"wrote {', '.join(map(str, written))}")
+
+
+@plot_app.command("tail-accuracy")
+@user_errors
+def plot_tail_accuracy(
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = PLOT_DATA_ROOT,
+    out: Path | None = FIGURE_OUT,
+) -> None:
+    """Figure 1: classification accuracy on ground-truth boxes and mask AP per frequency
+    group, CE beside Seesaw; from the two runs of `seesaw repro figure1`."""
+    from seesaw_repro import plots
+
+    written = plots.plot_tail_accuracy(
+        _ce_and_seesaw("figure1", preset, work_dir),
+        _train_annotations(preset, data_root, work_dir),
+        _figure_out(out, work_dir, "figure1"),
     )
     console.print(f"wrote {', '.join(map(str, written))}")
 
@@ -481,9 +513,7 @@ def plot_per_category(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
     data_root: Path | None = PLOT_DATA_ROOT,
-    out: Path | None = typer.Option(
-        None, "--out", help="File name without suffix [default: WORK_DIR/figures/figure4]."
-    ),
+    out: Path | None = FIGURE_OUT,
 ) -> None:
     """Figure 4: mask AP per category of CE, EQL, BAGS and Seesaw, one panel per framework
     and sampler, from the runs of `seesaw repro figure4` (Table 1's) that are done."""
@@ -509,7 +539,7 @@ def plot_per_category(
     written = plots.plot_per_category(
         panels,
         _train_annotations(preset, data_root, work_dir),
-        out or work_dir / "figures" / "figure4",
+        _figure_out(out, work_dir, "figure4"),
     )
     if missing:
         console.print(f"[yellow]not done, left out:[/] {', '.join(missing)}")

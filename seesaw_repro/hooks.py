@@ -9,8 +9,10 @@ import time
 from pathlib import Path
 
 import torch
+from mmdet.structures.bbox import bbox2roi
 from mmengine.dist import all_reduce, is_distributed, is_main_process
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop, Runner
 
@@ -333,3 +335,68 @@ class StopOnSignalHook(Hook):
     def after_train(self, runner: Runner) -> None:
         for signum in self.SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
+
+
+CLASSIFICATION_ACCURACY_FILE = "classification_accuracy.json"
+
+
+@HOOKS.register_module()
+class ClassificationAccuracyHook(Hook):
+    """Figure 1: how often the box classifier, given a ground-truth box of the val split as
+    its RoI, ranks the true category first among all categories and background. Counted per
+    category in the evaluation after training, written to classification_accuracy.json. A
+    cascade's last stage is the one asked. This costs one more backbone pass per val image.
+    """
+
+    priority = "LOW"
+
+    def before_val_epoch(self, runner: Runner) -> None:
+        self.correct: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def after_val_iter(
+        self, runner: Runner, batch_idx: int, data_batch: dict | None = None, outputs: object = None
+    ) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        data = model.data_preprocessor(data_batch, False)
+        boxes, labels = [], []
+        for sample in data["data_samples"]:
+            gt = sample.gt_instances
+            # The val pipelines load annotations after Resize: boxes are in the original image.
+            scale = gt.bboxes.new_tensor(sample.metainfo["scale_factor"]).repeat(2)
+            boxes.append(gt.bboxes * scale)
+            labels.append(gt.labels)
+        roi_head = model.roi_head
+        rois = bbox2roi(boxes)
+        features = model.extract_feat(data["inputs"])
+        if hasattr(roi_head, "num_stages"):  # cascade: the last stage
+            stage = roi_head.num_stages - 1
+            cls_score = roi_head._bbox_forward(stage, features, rois)["cls_score"]
+            head = roi_head.bbox_head[stage]
+        else:
+            cls_score = roi_head._bbox_forward(features, rois)["cls_score"]
+            head = roi_head.bbox_head
+        if getattr(head.loss_cls, "custom_activation", False):
+            scores = head.loss_cls.get_activation(cls_score)
+        else:
+            scores = cls_score.softmax(-1)
+        labels = torch.cat(labels)
+        right = (scores.argmax(-1) == labels).double()
+        if self.correct is None:
+            self.correct = torch.zeros(head.num_classes, dtype=torch.double, device=right.device)
+            self.total = torch.zeros_like(self.correct)
+        self.correct.index_add_(0, labels, right)
+        self.total.index_add_(0, labels, torch.ones_like(right))
+
+    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        if runner.iter < runner.max_iters or self.correct is None:
+            return
+        if is_distributed():
+            all_reduce(self.correct)
+            all_reduce(self.total)
+        if is_main_process():
+            write_json_atomic(
+                Path(runner.work_dir) / CLASSIFICATION_ACCURACY_FILE,
+                {"correct": self.correct.cpu().tolist(), "total": self.total.cpu().tolist()},
+            )

@@ -45,6 +45,8 @@ class RunSpec:
     tau: float = 20.0
     norm_mask: bool = False  # Normalized Mask Prediction (Sec. 3.3), same tau as NLA
     gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
+    # Figure 1's per-category classification accuracy (hooks.ClassificationAccuracyHook)
+    classification_accuracy: bool = False
     # Decoupled training (Table 9): "" trains end to end; "random" or "rfs" fine-tunes only the
     # box classifier's last layer of a CE model pre-trained 2x with that sampler.
     decoupled: str = ""
@@ -104,7 +106,9 @@ def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
     if spec.split == "test-dev":
         return {"trained": replace(spec, split="val")}
     if spec.loss == "seesaw" and spec.counts == "checkpoint":
-        needs["counts"] = replace(spec, counts="online", gradient_stats=False)
+        needs["counts"] = replace(
+            spec, counts="online", gradient_stats=False, classification_accuracy=False
+        )
     return needs
 
 
@@ -227,6 +231,7 @@ def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
             {"type": "RandomStateHook"},
             {"type": "StopOnSignalHook"},
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
+            *([{"type": "ClassificationAccuracyHook"}] if spec.classification_accuracy else []),
         ],
         "val_evaluator": {
             "type": "FastLVISMetric",

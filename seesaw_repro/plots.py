@@ -11,7 +11,7 @@ from matplotlib import ticker
 
 from .errors import UserError
 from .files import read_json
-from .hooks import GRADIENT_STATS_FILE
+from .hooks import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE, METRICS_FILE
 from .methods import PER_CATEGORY_FILE
 
 COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper
@@ -169,3 +169,48 @@ def _save(fig: plt.Figure, out: Path) -> list[Path]:
         written.append(path)
     plt.close(fig)
     return written
+
+
+def group_accuracy(run_dir: Path, train_ann: Path) -> dict[str, float]:
+    """Per frequency group, the mean over its categories (those with val instances) of the
+    box classifier's accuracy on ground-truth boxes, in percent."""
+    found = read_json(Path(run_dir) / CLASSIFICATION_ACCURACY_FILE)
+    if found is None:
+        raise UserError(
+            f"{run_dir} has no {CLASSIFICATION_ACCURACY_FILE}: the run is not done, or was "
+            "trained without classification_accuracy = true"
+        )
+    correct, total = np.asarray(found["correct"]), np.asarray(found["total"])
+    categories = training_categories(train_ann)
+    accuracy: dict[str, float] = {}
+    for group in GROUP_NAMES:
+        index = [
+            c["class_index"]
+            for c in categories
+            if c["frequency"] == group and total[c["class_index"]] > 0
+        ]
+        accuracy[group] = float(100 * np.mean(correct[index] / total[index])) if index else np.nan
+    return accuracy
+
+
+def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> list[Path]:
+    """Figure 1: per frequency group, the classification accuracy on ground-truth boxes
+    (left) and the mask AP (right) of each run (label -> run folder), as grouped bars.
+    Writes `out`.png and `out`.pdf."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(COLUMN_WIDTH_IN, 1.8))
+    width = 0.8 / len(runs)
+    x = np.arange(len(GROUP_NAMES))
+    for k, (label, run_dir) in enumerate(runs.items()):
+        accuracy = group_accuracy(run_dir, train_ann)
+        metrics = (read_json(Path(run_dir) / METRICS_FILE) or {}).get("metrics", {})
+        ap = [metrics.get(f"AP_{g}", np.nan) for g in GROUP_NAMES]
+        offset = (k - (len(runs) - 1) / 2) * width
+        left.bar(x + offset, [accuracy[g] for g in GROUP_NAMES], width, label=label)
+        right.bar(x + offset, ap, width, label=label)
+    for ax, name in ((left, "accuracy (%)"), (right, "mask AP")):
+        ax.set_xticks(x, [GROUP_NAMES[g] for g in GROUP_NAMES], fontsize=6)
+        ax.set_ylabel(name, fontsize=7)
+        ax.tick_params(labelsize=6)
+    left.legend(fontsize=6, frameon=False)
+    fig.tight_layout()
+    return _save(fig, out)

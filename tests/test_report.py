@@ -149,7 +149,7 @@ def test_figure3_from_two_trained_runs(tmp_path, quick_data, with_quick_preset):
 def test_plot_gradients_says_which_run_is_missing(tmp_path):
     result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "the CE run of Figure 3" in result.stderr and "seesaw repro figure3" in result.stderr
+    assert "the CE run of Figure 3 (" in result.stderr and "seesaw repro figure3" in result.stderr
 
 
 def test_figure4_from_the_runs_of_one_setting(tmp_path, quick_data, with_quick_preset):
@@ -172,3 +172,27 @@ def test_figure4_from_the_runs_of_one_setting(tmp_path, quick_data, with_quick_p
         segm_ap = json.loads((run_dir / "metrics.json").read_text())["metrics"]["AP"]
         valid = [v for v in found.values() if v > -1]
         assert 100 * sum(valid) / len(valid) == pytest.approx(segm_ap, abs=0.01)
+
+
+def test_figure1_counts_every_val_instance_and_plots(tmp_path, quick_data, with_quick_preset):
+    runs = plan(load_table("figure1"), with_quick_preset.name)
+    assert all(run.spec.classification_accuracy for run in runs)
+    assert run_local(runs, tmp_path, quick_data, jobs=2) == {r.run_id: "done" for r in runs}
+    val = json.loads((quick_data / "annotations" / "lvis_v1_val.json").read_text())
+    index = {c["id"]: k for k, c in enumerate(sorted(val["categories"], key=lambda c: c["id"]))}
+    expected = [0] * len(index)
+    for ann in val["annotations"]:
+        expected[index[ann["category_id"]]] += 1
+    run_dirs = {
+        label: RunDir(tmp_path, r.run_id).path
+        for label, r in zip(("CE", "Seesaw"), runs, strict=True)
+    }
+    for run_dir in run_dirs.values():
+        found = json.loads((run_dir / "classification_accuracy.json").read_text())
+        assert found["total"] == expected
+        assert all(0 <= c <= t for c, t in zip(found["correct"], found["total"], strict=True))
+    train = quick_data / "annotations" / "lvis_v1_train.json"
+    accuracy = plots.group_accuracy(run_dirs["CE"], train)
+    assert set(accuracy) == {"r", "c", "f"} and all(0 <= a <= 100 for a in accuracy.values())
+    written = plots.plot_tail_accuracy(run_dirs, train, tmp_path / "f1")
+    assert written[1].read_bytes().startswith(b"%PDF")
