@@ -156,6 +156,7 @@ def main() -> None:
             f"{len(detections)} detections, {NUM_CATEGORIES} categories "
             f"(built in {time.perf_counter() - started:.0f} s)"
         )
+        del gt, detections  # the evaluators run in their own processes: free the memory
         evaluators = [args.only] if args.only else ["lvis-api", "ours"]
         for iou_type in ("bbox", "segm"):
             found = {}

@@ -61,21 +61,27 @@ def plot_gradient_ratios(runs: dict[str, Path], train_ann: Path, out: Path) -> l
     fig, axes = plt.subplots(
         1, len(runs), figsize=(COLUMN_WIDTH_IN * len(runs), 2.2), sharey=True, squeeze=False
     )
-    for ax, (label, run_dir) in zip(axes[0], runs.items(), strict=True):
-        ratio = gradient_ratios(run_dir)[order]
+    ratios = {label: gradient_ratios(run_dir)[order] for label, run_dir in runs.items()}
+    shown = np.concatenate([r[np.isfinite(r) & (r > 0)] for r in ratios.values()])
+    for ax, (label, ratio) in zip(axes[0], ratios.items(), strict=True):
         colours = [GROUP_COLOURS.get(g, "grey") for g in groups]
-        ax.bar(x, np.nan_to_num(ratio, nan=0.0), width=1.0, color=colours, linewidth=0)
+        # Bars from 1 (balanced) up or down: above 1, more positive gradient than negative.
+        ax.bar(
+            x, np.nan_to_num(ratio, nan=1.0) - 1, bottom=1, width=1.0, color=colours, linewidth=0
+        )
         ax.axhline(1.0, color="black", linewidth=0.6, linestyle="--")
-        ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("categories, most training instances first", fontsize=7)
         ax.set_xlim(-0.5, len(x) - 0.5)
-        ax.tick_params(which="both", labelsize=6)
+    for ax in axes[0]:  # after all panels: a shared axis's set_yscale resets its ticks
+        ax.set_yscale("log")
+        ax.set_ylim(min(shown.min(), 1) / 1.25, max(shown.max(), 1) * 1.25)
         ax.yaxis.set_major_locator(
-            ticker.FixedLocator([0.01, 0.1, 0.2, 0.3, 0.5, 1, 2, 3, 5, 10, 100])
+            ticker.FixedLocator([0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1, 1.5, 2, 3, 5, 10])
         )
         ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(which="both", labelsize=6)
     axes[0][0].set_ylabel("positive / negative gradient", fontsize=7)
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=GROUP_COLOURS[g]) for g in GROUP_COLOURS if g in groups
