@@ -214,7 +214,8 @@ def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> lis
         left.bar(x + offset, [accuracy[g] for g in GROUP_NAMES], width, label=label)
         right.bar(x + offset, ap, width, label=label)
     for ax, name in ((left, "accuracy (%)"), (right, "mask AP")):
-        ax.set_xticks(x, [GROUP_NAMES[g] for g in GROUP_NAMES], fontsize=6)
+        ax.set_xticks(x, list(GROUP_NAMES), fontsize=6)
+        ax.set_xlabel("rare, common, frequent", fontsize=6)
         ax.set_ylabel(name, fontsize=7)
         ax.tick_params(labelsize=6)
     left.legend(fontsize=6, frameon=False)
