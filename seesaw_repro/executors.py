@@ -350,7 +350,8 @@ def run_slurm(
 def follow(
     runs: list[PlannedRun], work_dir: Path, console: Console | None = None, poll_s: float = 5.0
 ) -> dict[str, str]:
-    """Show the progress of runs queued in Slurm until each has ended; their final states."""
+    """Show the progress of runs queued in Slurm until each has ended (or was never
+    submitted); their final states."""
     console = console or Console(stderr=True)
     run_dirs = [RunDir(work_dir, run.run_id) for run in runs]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -373,6 +374,7 @@ def follow(
                     total=info.get("max_iters"),
                     description=f"{run.run_id} {run.rows[0]}: {where}",
                 )
-            if all(state in FINAL_STATES for state in states.values()):
+            # "planned": not submitted (it waits for a run trained outside Slurm).
+            if all(state in (*FINAL_STATES, "planned") for state in states.values()):
                 return states
             time.sleep(poll_s)
