@@ -256,8 +256,11 @@ def collect(
         Path("results/runs"), "--out", help="File name without suffix: writes .csv and .parquet."
     ),
 ) -> None:
-    """Gather every run of the work dir into one tidy table (run id, preset, table, row,
-    metric, value, split, status, suite version), saved as CSV and parquet."""
+    """Gather every run of the work dir into one tidy table, as CSV and parquet.
+
+    One row per run, table row and metric: run id, preset, table, row, metric, value, split,
+    status, suite version.
+    """
     from seesaw_repro import results
 
     frame = results.collect(work_dir)
@@ -319,8 +322,11 @@ def cancel(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
 ) -> None:
-    """Stop the runs of a table that are training on this machine or queued in Slurm; they
-    keep their checkpoints, and the next `seesaw repro` resumes them."""
+    """Stop the runs of a table that train on this machine or are queued in Slurm.
+
+    They keep their checkpoints (the iteration they were at), and the next `seesaw repro`
+    resumes them.
+    """
     from seesaw_repro import executors, runs, slurm
 
     stopped = []
@@ -474,9 +480,11 @@ def plot_gradients(
     data_root: Path | None = PLOT_DATA_ROOT,
     out: Path | None = FIGURE_OUT,
 ) -> None:
-    """Figure 3: per category, cumulative positive over negative gradient of the box
-    classifier, CE beside Seesaw, categories by training instances; from the two runs of
-    `seesaw repro figure3`."""
+    """Figure 3: positive over negative gradient per category, CE beside Seesaw.
+
+    The box classifier's cumulative gradients, categories by training instances (most
+    first), from the two runs of `seesaw repro figure3`.
+    """
     from seesaw_repro import plots
 
     written = plots.plot_gradient_ratios(
@@ -495,8 +503,10 @@ def plot_tail_accuracy(
     data_root: Path | None = PLOT_DATA_ROOT,
     out: Path | None = FIGURE_OUT,
 ) -> None:
-    """Figure 1: classification accuracy on ground-truth boxes and mask AP per frequency
-    group, CE beside Seesaw; from the two runs of `seesaw repro figure1`."""
+    """Figure 1: accuracy on ground-truth boxes and mask AP per group, CE beside Seesaw.
+
+    From the two runs of `seesaw repro figure1`.
+    """
     from seesaw_repro import plots
 
     written = plots.plot_tail_accuracy(
@@ -515,8 +525,11 @@ def plot_per_category(
     data_root: Path | None = PLOT_DATA_ROOT,
     out: Path | None = FIGURE_OUT,
 ) -> None:
-    """Figure 4: mask AP per category of CE, EQL, BAGS and Seesaw, one panel per framework
-    and sampler, from the runs of `seesaw repro figure4` (Table 1's) that are done."""
+    """Figure 4: mask AP per category of CE, EQL, BAGS and Seesaw.
+
+    One panel per framework and sampler, from the runs of `seesaw repro figure4` that are
+    done.
+    """
     from seesaw_repro import plots
 
     frameworks = {"mask": "Mask R-CNN", "cascade": "Cascade Mask R-CNN"}
@@ -556,8 +569,11 @@ def eval_command(
         50, "--chunk", min=1, help="Categories evaluated at once: fewer use less memory."
     ),
 ) -> None:
-    """Evaluate a detection file with LVIS semantics (300 per image, federated
-    annotation): AP, AP_r, AP_c, AP_f in percent, as lvis-api computes them, faster."""
+    """Evaluate an LVIS-format detection file: AP, AP_r, AP_c, AP_f in percent.
+
+    LVIS semantics (300 detections per image, federated annotation), the numbers lvis-api
+    gives, faster (seesaw_repro/lvis_eval.py).
+    """
     from seesaw_repro import lvis_eval
 
     if not ann.exists():

@@ -125,6 +125,26 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_result(
     assert (run_dir.path / stats).read_text() == (straight.path / stats).read_text()
 
 
+def test_the_time_limit_warning_requeues_the_job_and_it_resumes(
+    tmp_path, cluster, quick_data, with_quick_preset
+):
+    """Slurm sends the batch shell USR1 before the time limit (--signal=B:USR1@180); sent
+    here by hand, the script requeues the job, which checkpoints and resumes."""
+    run = _longer_run(with_quick_preset, iters=60)
+    run_dir = RunDir(tmp_path / "w", run.run_id)
+    run_slurm([run], tmp_path / "w", quick_data, CPU_JOB)
+    deadline = time.monotonic() + 300
+    while (run_dir.progress() or {}).get("iter", 0) < 15:
+        assert not run_dir.is_done() and time.monotonic() < deadline
+        time.sleep(0.2)
+    job_id = run_dir.status()["job_id"]
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
+    assert follow([run], tmp_path / "w", poll_s=1) == {run.run_id: "done"}
+    log = run_dir.log_file.read_text()
+    assert "time limit near: requeueing" in log and "(restart 1)" in log
+    assert "stopped by signal 15" in log and "resumed epoch: 0, iter: " in log
+
+
 def test_cancel_stops_a_slurm_job_and_the_run_resumes_later(
     tmp_path, cluster, quick_data, with_quick_preset
 ):
