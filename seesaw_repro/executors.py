@@ -34,7 +34,7 @@ from rich.progress import (
 from . import slurm
 from .errors import UserError
 from .job import LOCKED
-from .runs import FINAL_STATES, PlannedRun, RunDir
+from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
 
 
 @dataclass
@@ -92,6 +92,14 @@ ACTIONS = {
 }
 
 
+SKIPPED = {"done": "green", "failed": "red", "elsewhere": "yellow"}  # actions that do nothing
+
+
+def _say_skipped(console: Console, run: PlannedRun, action: str) -> None:
+    colour = SKIPPED[action]
+    console.print(f"[{colour}]{action}[/] {run.run_id} ({', '.join(run.rows)}): {ACTIONS[action]}")
+
+
 def triage(
     runs: list[PlannedRun], work_dir: Path, retry_failed: bool = False, force: bool = False
 ) -> list[tuple[PlannedRun, str]]:
@@ -132,15 +140,11 @@ def run_local(
     console = console or Console(stderr=True)
     states: dict[str, str] = {}
     pending: list[tuple[PlannedRun, RunDir]] = []
-    skipped = {"done": "done", "failed": "failed", "elsewhere": "running"}
     for run, action in triage(runs, work_dir, retry_failed, force):
         run_dir = RunDir(work_dir, run.run_id)
-        if action in skipped:
-            states[run.run_id] = skipped[action]
-            colour = {"done": "green", "failed": "red", "elsewhere": "yellow"}[action]
-            console.print(
-                f"[{colour}]{action}[/] {run.run_id} ({', '.join(run.rows)}): {ACTIONS[action]}"
-            )
+        if action in SKIPPED:
+            states[run.run_id] = "running" if action == "elsewhere" else action
+            _say_skipped(console, run, action)
             continue
         if action == "redo":
             run_dir.archive()
@@ -179,7 +183,7 @@ def run_local(
                             "process is training; run this command again when it is done"
                         )
                         continue
-                    reason = f"needs run(s) {needs}, which did not finish"
+                    reason = failed_dependency(run.needs)
                     run_dir.set_status("failed", reason=reason, ended=time.time())
                     states[run.run_id] = "failed"
                     console.print(f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {reason}")
@@ -310,19 +314,12 @@ def run_slurm(
     for run, action in triage(runs, work_dir, retry_failed, force):
         run_dir = RunDir(work_dir, run.run_id)
         rows = ", ".join(run.rows)
-        if action in ("done", "failed"):
-            states[run.run_id] = action
-            console.print(
-                f"[{'green' if action == 'done' else 'red'}]{action}[/] {run.run_id} "
-                f"({rows}): {ACTIONS[action]}"
-            )
-            continue
-        if action == "elsewhere":
+        if action in SKIPPED:
             status = run_dir.status()
-            states[run.run_id] = status["state"]
-            if status.get("executor") == "slurm":
+            states[run.run_id] = status["state"] if action == "elsewhere" else action
+            if action == "elsewhere" and status.get("executor") == "slurm":
                 jobs[run.run_id] = status["job_id"]
-            console.print(f"[yellow]elsewhere[/] {run.run_id} ({rows}): {ACTIONS[action]}")
+            _say_skipped(console, run, action)
             continue
         if action == "redo":
             run_dir.archive()
@@ -331,7 +328,7 @@ def run_slurm(
         elsewhere = [n for n in run.needs if states.get(n) == "running" and n not in jobs]
         if unfinished or elsewhere:
             if unfinished:
-                reason = f"failed-dependency: needed run(s) {', '.join(unfinished)} did not finish"
+                reason = failed_dependency(unfinished)
                 run_dir.set_status("failed", reason=reason, ended=time.time())
                 states[run.run_id] = "failed"
             else:

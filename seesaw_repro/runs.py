@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +32,11 @@ LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 SUITE_VERSION = version("seesaw-repro")
+
+
+def failed_dependency(needs: Iterable[str]) -> str:
+    """The reason recorded for a run that cannot start because runs it needs did not finish."""
+    return f"failed-dependency: needed run(s) {', '.join(needs)} did not finish"
 
 
 @dataclass(frozen=True)

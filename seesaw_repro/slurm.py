@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import read_json, write_text_atomic
-from .runs import FINAL_STATES, PlannedRun, RunDir
+from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
 
 SCRIPT_FILE = "slurm.sbatch"
 SIGNAL_GRACE_S = 180  # USR1 this long before the time limit: time to checkpoint and requeue
@@ -257,8 +257,7 @@ def _mark_ended(run_dir: RunDir, status: dict) -> None:
     parent_states = {n: RunDir(run_dir.path.parent.parent, n).status()["state"] for n in needs}
     failed_parents = [n for n, s in parent_states.items() if s in ("failed", "cancelled")]
     if status["state"] == "queued" and failed_parents:
-        reason = f"failed-dependency: needed run(s) {', '.join(failed_parents)} did not finish"
-        run_dir.set_status("failed", reason=reason, ended=time.time())
+        run_dir.set_status("failed", reason=failed_dependency(failed_parents), ended=time.time())
         return
     slurm_state = _accounted_state(status["job_id"])
     state = "cancelled" if slurm_state.startswith("CANCELLED") else "failed"
