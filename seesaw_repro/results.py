@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from .files import read_json, write_text_atomic
+from .hooks import METRICS_FILE
 from .runs import RunDir
 
 COLUMNS = [
@@ -35,8 +36,8 @@ def collect(work_dir: Path) -> pd.DataFrame:
         info = read_json(folder / "run.json")
         if info is None:
             continue
-        run_dir = RunDir(Path(work_dir), folder.name)
-        done = read_json(folder / "metrics.json") or {}
+        state = RunDir(Path(work_dir), folder.name).status()["state"]
+        done = read_json(folder / METRICS_FILE) or {}
         metrics = done.get("metrics") or {None: float("nan")}
         for label in info["rows"]:
             table, _, row = label.partition(":")
@@ -50,7 +51,7 @@ def collect(work_dir: Path) -> pd.DataFrame:
                         "metric": metric,
                         "value": value,
                         "split": done.get("split", info["spec"].get("split", "val")),
-                        "status": run_dir.status()["state"],
+                        "status": state,
                         "suite_version": info.get("suite_version", ""),
                     }
                 )
