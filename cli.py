@@ -565,9 +565,6 @@ def eval_command(
     results_file: Path = typer.Argument(..., help="LVIS-format detections (a JSON list)."),
     ann: Path = typer.Option(..., "--ann", help="LVIS annotations, e.g. lvis_v1_val.json."),
     iou_type: str = typer.Option("segm", "--iou", help="segm (masks) or bbox (boxes)."),
-    chunk: int = typer.Option(
-        50, "--chunk", min=1, help="Categories evaluated at once: fewer use less memory."
-    ),
 ) -> None:
     """Evaluate an LVIS-format detection file: AP, AP_r, AP_c, AP_f in percent.
 
@@ -579,7 +576,7 @@ def eval_command(
     if not ann.exists():
         raise UserError(f"the annotation file {ann} does not exist")
     with console.status(f"Evaluating {results_file} ({iou_type}) ..."):
-        found = lvis_eval.evaluate(ann, results_file, iou_type, chunk=chunk)
+        found = lvis_eval.evaluate(ann, results_file, iou_type)
     typer.echo("  ".join(f"{k} {100 * found[k]:.2f}" for k in ("AP", "AP_r", "AP_c", "AP_f")))
 
 

@@ -1,7 +1,7 @@
 """Our LVIS evaluation (seesaw_repro.lvis_eval) against lvis-api's LVISEval on the same
 generated LVIS-format case, bbox and segm: time, peak memory and the largest AP difference.
 
-    .venv/bin/python benchmarks/lvis_eval_speed.py [--images 500] [--only ours] [--chunk 50]
+    .venv/bin/python benchmarks/lvis_eval_speed.py [--images 500] [--only ours]
 
 The case: 1203 categories with LVIS v1's frequency split, rectangular instances given as
 polygons, LVIS's federated fields (neg_category_ids, not_exhaustive_category_ids), and 300
@@ -105,13 +105,13 @@ def build_case(images: int, seed: int = 0) -> tuple[dict, list[dict]]:
     return gt, detections
 
 
-def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str, chunk: int) -> None:
+def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str) -> None:
     """Evaluate with one evaluator; print JSON: seconds, peak MB, AP, AP_r, AP_c, AP_f."""
     if which == "ours":
         from seesaw_repro.lvis_eval import evaluate
 
         start = time.perf_counter()
-        result = evaluate(Path(ann), Path(dets), iou_type, chunk=chunk)
+        result = evaluate(Path(ann), Path(dets), iou_type)
         metrics = {k: result[k] for k in ("AP", "AP_r", "AP_c", "AP_f")}
     else:
         from lvis import LVIS, LVISEval, LVISResults
@@ -139,11 +139,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--only", choices=["ours", "lvis-api"], default=None)
-    parser.add_argument("--chunk", type=int, default=50, help="categories per chunk (ours)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        evaluate_in_process(*args.child, chunk=args.chunk)
+        evaluate_in_process(*args.child)
         return
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -165,8 +164,6 @@ def main() -> None:
                     [
                         sys.executable,
                         __file__,
-                        "--chunk",
-                        str(args.chunk),
                         "--child",
                         which,
                         str(ann),
