@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import itertools
 import json
 import re
 import tempfile
@@ -267,20 +266,21 @@ def _box_iou(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 
 def _mask_iou(
-    dt_masks: list, gt_masks: list, dt: np.ndarray, gt: np.ndarray, image: np.ndarray
+    dt_masks: list, gt_masks: list, dt_of_pair: list[np.ndarray], gt_of_pair: list[np.ndarray]
 ) -> np.ndarray:
-    """IoU of the paired masks dt_masks[dt[e]], gt_masks[gt[e]], entries sorted by `image`:
-    pycocotools on all of an image's detections and ground truth at once."""
-    iou = np.empty(len(dt))
-    bounds = [*np.flatnonzero(_starts(image)), len(dt)]
-    for a, b in itertools.pairwise(bounds):
-        rows, row_of = np.unique(dt[a:b], return_inverse=True)
-        cols, col_of = np.unique(gt[a:b], return_inverse=True)
-        matrix = mask_utils.iou(
-            [dt_masks[i] for i in rows], [gt_masks[i] for i in cols], [0] * len(cols)
-        )
-        iou[a:b] = np.asarray(matrix).reshape(len(rows), len(cols))[row_of, col_of]
-    return iou
+    """IoU of each pair's detection masks (dt_masks[i], i in dt_of_pair[p]) with its ground
+    truth masks, one (pair, detection, ground truth) entry after another (pycocotools)."""
+    return np.concatenate(
+        [
+            np.asarray(
+                mask_utils.iou(
+                    [dt_masks[i] for i in dts], [gt_masks[i] for i in gts], [0] * len(gts)
+                )
+            ).ravel()
+            for dts, gts in zip(dt_of_pair, gt_of_pair, strict=True)
+        ]
+        or [np.zeros(0)]
+    )
 
 
 def match(
@@ -365,8 +365,12 @@ def precision_per_category(
     if iou_type == "bbox":
         iou = _box_iou(dets.box[dt_index], gt.box[gt_index])
     else:
-        image = np.repeat(dt_keys[di] // categories, sizes)
-        iou = _mask_iou(dets.masks, gt.masks, dt_index, gt_index, image)
+        iou = _mask_iou(
+            dets.masks,
+            gt.masks,
+            np.split(order[_ranges(dt_start[di], n_dt)], np.cumsum(n_dt)[:-1]),
+            np.split(_ranges(gt_start[gi], n_gt), np.cumsum(n_gt)[:-1]),
+        )
     del entries, d, dt_index
     found, found_ignored = match(iou, n_dt, n_gt, gt.ignored[gt_index])
     in_pairs = _ranges(dt_start[di], n_dt)
