@@ -56,11 +56,11 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _data_root(preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
-    from seesaw_repro import presets
+def _data_root(task: str, preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
+    from seesaw_repro import configs
 
     with console.status("Preparing the dataset (the tiny preset generates it once) ..."):
-        return presets.PRESETS[preset_name].prepare_data(data_root, work_dir)
+        return configs.preset_for(task, preset_name).prepare_data(data_root, work_dir)
 
 
 @app.command()
@@ -169,7 +169,7 @@ def repro(
             needs = f" after {', '.join(run.needs)}" if run.needs else ""
             typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
         return
-    root = _data_root(preset, data_root, work_dir)
+    root = _data_root(spec_table.task, preset, data_root, work_dir)
     console.print(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
@@ -362,30 +362,29 @@ def plan(
     """
     from rich.table import Table as RichTable
 
-    from seesaw_repro import presets, runs
+    from seesaw_repro import configs, runs
 
     tables = _tables(table)
     planned = runs.plan_tables(tables, preset)
-    scale = presets.PRESETS[preset]
+    cost_unit = configs.preset_for("lvis", preset).cost_unit  # the same for every task
     out = RichTable(title=f"Runs for {table}, preset {preset}")
     out.add_column("run", no_wrap=True)
     out.add_column("model")
     out.add_column("rows", overflow="fold")
     out.add_column("needs", no_wrap=True)
-    out.add_column(scale.cost_unit, justify="right")
+    out.add_column(cost_unit, justify="right")
     total = 0.0
     for run in planned:
-        cost = scale.cost(run.spec)
+        cost = configs.preset_for(configs.task_of(run.spec), preset).cost(run.spec)
         total += cost
-        spec = run.spec
-        model = f"{spec.model} {spec.backbone} {spec.sampler} {spec.schedule}"
-        out.add_row(run.run_id, model, "\n".join(run.rows), " ".join(run.needs), f"{cost:.1f}")
+        rows = "\n".join(run.rows)
+        out.add_row(run.run_id, run.spec.summary, rows, " ".join(run.needs), f"{cost:.1f}")
     Console().print(out)
     table_rows = sum(len(t.rows) for t in tables if not t.is_figure)
     figure_rows = sum(len(t.rows) for t in tables if t.is_figure)
     typer.echo(
         f"{table_rows} table rows and {figure_rows} figure rows, {len(planned)} distinct runs, "
-        f"estimated {total:,.0f} {scale.cost_unit} in all."
+        f"estimated {total:,.0f} {cost_unit} in all."
     )
 
 
@@ -405,7 +404,7 @@ def config(
     Without --data-root the tiny preset's generated data root is put in, and the paper
     preset keeps the placeholder ${DATA_ROOT}.
     """
-    from seesaw_repro import configs, presets, runs
+    from seesaw_repro import configs, runs
     from seesaw_repro.errors import UserError
 
     planned = {r.run_id: r for r in runs.plan_tables(_tables("all"), preset)}
@@ -417,7 +416,8 @@ def config(
             f"`seesaw plan all --preset {preset}` lists them"
         )
     run = planned[matches[0]]
-    root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
+    scale = configs.preset_for(configs.task_of(run.spec), preset)
+    root = data_root or scale.default_data_root(work_dir)
     cfg = configs.materialise(run.config, root, work_dir / "runs" / run.run_id)
     if out:
         out.write_text(cfg.pretty_text)

@@ -1,18 +1,17 @@
 """Our LVIS evaluation (seesaw_repro.lvis_eval) against lvis-api's LVISEval on the same
 generated LVIS-format case, bbox and segm: time, peak memory and the largest AP difference.
 
-    .venv/bin/python benchmarks/lvis_eval_speed.py [--images 500] [--only ours]
+    .venv/bin/python benchmarks/lvis_eval_speed.py [--images 500] [--only ours] [--case-dir D]
 
 The case: 1203 categories with LVIS v1's frequency split, rectangular instances given as
 polygons, LVIS's federated fields (neg_category_ids, not_exhaustive_category_ids), and 300
 detections per image (jittered copies of the instances and false positives). Each evaluator
-runs in its own process, so its peak memory (ru_maxrss) is its own. LVIS v1 val has 19,809
+runs in its own process, so its peak memory (VmHWM) is its own. LVIS v1 val has 19,809
 images; --only ours evaluates that scale without waiting hours for lvis-api.
 """
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -105,6 +104,16 @@ def build_case(images: int, seed: int = 0) -> tuple[dict, list[dict]]:
     return gt, detections
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. Not ru_maxrss: Linux carries the parent's
+    resident size at fork into the child's ru_maxrss, which made every evaluator seem to
+    need as much memory as the process that built the case."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str) -> None:
     """Evaluate with one evaluator; print JSON: seconds, peak MB, AP, AP_r, AP_c, AP_f."""
     if which == "ours":
@@ -131,7 +140,7 @@ def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str) -> None:
             "AP_f": results["APf"],
         }
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb, **metrics}))
 
 
@@ -139,23 +148,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--only", choices=["ours", "lvis-api"], default=None)
+    parser.add_argument(
+        "--case-dir", type=Path, default=None, help="keep the generated case here and reuse it"
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         evaluate_in_process(*args.child)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        gt, detections = build_case(args.images)
-        ann, dets = Path(tmp) / "gt.json", Path(tmp) / "dets.json"
-        ann.write_text(json.dumps(gt))
-        dets.write_text(json.dumps(detections))
+        folder = args.case_dir or Path(tmp)
+        ann, dets = folder / f"gt-{args.images}.json", folder / f"dets-{args.images}.json"
+        if not dets.exists():
+            started = time.perf_counter()
+            gt, detections = build_case(args.images)
+            folder.mkdir(parents=True, exist_ok=True)
+            ann.write_text(json.dumps(gt))
+            dets.write_text(json.dumps(detections))
+            print(f"case built in {time.perf_counter() - started:.0f} s")
+            del gt, detections  # the evaluators run in their own processes
         print(
-            f"case: {args.images} images, {len(gt['annotations'])} instances, "
-            f"{len(detections)} detections, {NUM_CATEGORIES} categories "
-            f"(built in {time.perf_counter() - started:.0f} s)"
+            f"case: {args.images} images, {len(json.loads(ann.read_text())['annotations'])} "
+            f"instances, {args.images * 300} detections, {NUM_CATEGORIES} categories"
         )
-        del gt, detections  # the evaluators run in their own processes: free the memory
         evaluators = [args.only] if args.only else ["lvis-api", "ours"]
         for iou_type in ("bbox", "segm"):
             found = {}

@@ -14,32 +14,57 @@ from typing import Any
 
 from mmengine.config import Config
 
+from . import classification_runs, methods
+from .classification_runs import ClassificationSpec
 from .methods import (
     DATA_ROOT,
     RUNS_DIR,
     WORK_DIR,
     RunSpec,
     SpecError,
-    dependencies,
     finetune_classifier,
     test_dev,
 )
 from .presets import PRESETS
 
 RUN_ID_LENGTH = 12
+Spec = RunSpec | ClassificationSpec  # a row of the LVIS tables, or of Tables 10-11
+TASKS = ("lvis", classification_runs.TASK)
 
 
-def resolve(spec: RunSpec, preset: str) -> dict:
+def task_of(spec: Spec) -> str:
+    """The task a spec's run belongs to: "lvis" or "imagenet_lt"."""
+    return classification_runs.TASK if isinstance(spec, ClassificationSpec) else "lvis"
+
+
+def preset_for(task: str, preset: str) -> Any:
+    """The preset object (data, scale, cost) of a task's tables."""
+    known = classification_runs.PRESETS if task == classification_runs.TASK else PRESETS
+    if preset not in known:
+        raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(known)}")
+    return known[preset]
+
+
+def dependencies(spec: Spec) -> dict[str, Spec]:
+    """The runs whose final checkpoint `spec` needs, by role (methods.dependencies,
+    ClassificationSpec.dependencies)."""
+    if isinstance(spec, ClassificationSpec):
+        return spec.dependencies()
+    return methods.dependencies(spec)
+
+
+def resolve(spec: Spec, preset: str) -> dict:
     """The config of `spec` in `preset`, with DATA_ROOT and RUNS_DIR as placeholders."""
-    if preset not in PRESETS:
-        raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    scale = preset_for(task_of(spec), preset)
     needed = {role: resolve(dep, preset) for role, dep in dependencies(spec).items()}
     needs = {role: final_checkpoint(config) for role, config in needed.items()}
+    if isinstance(spec, ClassificationSpec):
+        return scale.config(spec, needs.get("pretrained"))
     if "trained" in needs:  # a test-dev run is its trained run's config, made to predict
         config = needed["trained"]
         test_dev(config, needs["trained"])
         return config
-    config = PRESETS[preset].config(spec, needs.get("counts"))
+    config = scale.config(spec, needs.get("counts"))
     if "pretrained" in needs:
         finetune_classifier(config, needs["pretrained"])
     return config

@@ -194,7 +194,7 @@ def run_local(
                     process, log = _launch(run_dir, threads, gpus)  # it records "running"
                     # Epoch-based configs learn their iteration count from the first
                     # progress file (it depends on the dataset's size).
-                    total = run.config["train_cfg"].get("max_iters")
+                    total = run.config.get("train_cfg", {}).get("max_iters")
                     task = progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
                     active.append(_Active(run, run_dir, process, task, log, gpus))
                 time.sleep(0.5)

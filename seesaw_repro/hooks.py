@@ -29,14 +29,23 @@ LVIS_METRICS = {
     "lvis/segm_APf": "AP_f",
     "lvis/bbox_AP": "AP_box",
 }
+# classification.ShotGroupAccuracy's names -> Tables 10-11's columns.
+CLASSIFICATION_METRICS = {
+    "imagenet_lt/top1": "top1",
+    "imagenet_lt/many": "many",
+    "imagenet_lt/medium": "medium",
+    "imagenet_lt/few": "few",
+}
 
 
 def paper_metrics(evaluator_metrics: dict) -> dict[str, float]:
-    """Pick the paper's five LVIS metrics from an evaluator's output, as percentages."""
-    missing = [k for k in LVIS_METRICS if k not in evaluator_metrics]
+    """Pick the paper's metrics (LVIS's five, or the classification tables' four) from an
+    evaluator's output, as percentages."""
+    names = CLASSIFICATION_METRICS if "imagenet_lt/top1" in evaluator_metrics else LVIS_METRICS
+    missing = [k for k in names if k not in evaluator_metrics]
     if missing:
         raise KeyError(f"the evaluation did not report {missing}")
-    return {name: round(100 * float(evaluator_metrics[k]), 2) for k, name in LVIS_METRICS.items()}
+    return {name: round(100 * float(evaluator_metrics[k]), 2) for k, name in names.items()}
 
 
 @HOOKS.register_module()
@@ -94,7 +103,8 @@ class MetricsFileHook(Hook):
         if runner.iter < runner.max_iters:
             return
         batch = runner.world_size * runner.cfg.train_dataloader.batch_size
-        record: dict = {"split": "val", "iter": runner.iter, "batch": batch}
+        split = runner.cfg.get("seesaw", {}).get("eval_split", "val")
+        record: dict = {"split": split, "iter": runner.iter, "batch": batch}
         if metrics:
             record["metrics"] = paper_metrics(metrics)
         else:
@@ -106,6 +116,10 @@ class MetricsFileHook(Hook):
 
     def after_test_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
         evaluator = runner.cfg.get("test_evaluator", {})
+        if runner.cfg.get("seesaw", {}).get("job") == "evaluate":  # a model fitted post hoc
+            record = {"split": runner.cfg.seesaw.eval_split, "metrics": paper_metrics(metrics)}
+            write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
+            return
         if not evaluator.get("format_only"):
             return
         files = [f"{evaluator['outfile_prefix']}.{m}.json" for m in ("bbox", "segm")]
@@ -201,28 +215,32 @@ class GradientStatsHook(Hook):
 
 @HOOKS.register_module()
 class ClassifierFinetuneHook(Hook):
-    """Decoupled training (Table 9): only the box classifiers' last layer (`fc_cls`) learns.
+    """Decoupled training: only the classifier's `trainable` parameters learn (Table 9: the
+    box classifiers' last layer, `fc_cls` under `roi_head`; Table 10: cRT's `classifier`,
+    LWS's `scales`).
 
-    When the pre-trained model (config `load_from`) is loaded, the box heads' classifier and
-    loss state (Seesaw's counts) are dropped from it, so the new classifier starts from its
-    initialisation and the counts from zero. Checkpoints this run writes are marked and
-    load whole, so a resumed fine-tune keeps what it learnt. Before training every other
-    parameter stops requiring gradients, and before each iteration the modules without a
-    trainable parameter go to eval mode, so their BatchNorm statistics stay pre-trained.
+    With `fresh`, when the pre-trained model (config `load_from`) is loaded, the trainable
+    part and the classifier loss's state (Seesaw's counts, `loss_cls`) are dropped from it,
+    so they start from their initialisation and the counts from zero. Checkpoints this run
+    writes are marked and load whole, so a resumed fine-tune keeps what it learnt. Before
+    training every other parameter stops requiring gradients, and before each iteration the
+    modules without a trainable parameter go to eval mode, so their BatchNorm statistics stay
+    pre-trained.
     """
 
     priority = "HIGH"
     MARK = "classifier_finetune"
 
-    def __init__(self, trainable: str = "fc_cls") -> None:
-        self.trainable = trainable
+    def __init__(self, trainable: str = "fc_cls", scope: str = "roi_head", fresh: bool = True):
+        self.trainable, self.scope, self.fresh = trainable, scope, fresh
 
     def _is_classifier(self, name: str) -> bool:
         parts = name.split(".")
-        return parts[0] == "roi_head" and (self.trainable in parts or "loss_cls" in parts)
+        in_scope = not self.scope or parts[0] == self.scope
+        return in_scope and (self.trainable in parts or "loss_cls" in parts)
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
-        if checkpoint.get(self.MARK):
+        if checkpoint.get(self.MARK) or not self.fresh:
             return
         state = checkpoint["state_dict"]
         dropped = [k for k in state if self._is_classifier(k)]
@@ -241,7 +259,7 @@ class ClassifierFinetuneHook(Hook):
             if param.requires_grad:
                 trainable.append(name)
         if not trainable:
-            raise RuntimeError(f"no parameter named {self.trainable} under roi_head to train")
+            raise RuntimeError(f"no parameter named {self.trainable} under {self.scope} to train")
         runner.logger.info(f"fine-tuning only {trainable}")
 
     def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: object = None) -> None:

@@ -3,7 +3,8 @@
 Trains the config in RUN_DIR/config.py with mmengine's Runner, resuming from the newest
 checkpoint there if a previous attempt was stopped (as tools/train.py --resume would); the
 evaluation after the last iteration writes RUN_DIR/metrics.json (see hooks.MetricsFileHook).
-A test-dev run (methods.test_dev) only predicts: mmengine's test loop writes its result files.
+A test-dev run (methods.test_dev) only predicts: mmengine's test loop writes its result files;
+an "evaluate" run (NCM, tau-norm) fits its head post hoc and is evaluated by the test loop.
 
 The job records its own state (running, then done, failed or cancelled) in status.json; an
 executor records only what the job cannot: queued, and a job killed outright. With several
@@ -90,8 +91,8 @@ def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
         # A previous attempt was stopped: go on from its newest checkpoint, not from load_from.
         cfg.resume, cfg.load_from = True, None
     runner = Runner.from_cfg(cfg)
-    if cfg.get("seesaw", {}).get("job") == "test-dev":
-        runner.test()  # the trained run's model on test-dev; no training
+    if cfg.get("seesaw", {}).get("job") in ("test-dev", "evaluate"):
+        runner.test()  # a trained model on test-dev, or fitted post hoc; no training
     else:
         runner.train()
     return (run_dir / "metrics.json").exists()

@@ -79,6 +79,11 @@ class RunSpec:
         """The keys a recipe may set."""
         return {f.name for f in fields(cls)}
 
+    @property
+    def summary(self) -> str:
+        """A few words for `seesaw plan`."""
+        return f"{self.model} {self.backbone} {self.sampler} {self.schedule}"
+
 
 def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
     """The runs whose final checkpoint `spec` needs, by role.
@@ -219,10 +224,9 @@ def finetune_classifier(config: dict, pretrained: str) -> None:
     }
 
 
-def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
-    """What every config needs for the suite: its mmdet plugin, the hooks that leave the
-    run's state on disk (hooks.py), with Figure 3's gradient statistics when asked for, and
-    the LVIS evaluation of lvis_eval.py, which keeps each category's AP (Figure 4)."""
+def suite_hooks(*extra: dict) -> dict:
+    """What every config needs for the suite: its mmdet plugin and the hooks that leave the
+    run's state on disk (hooks.py), then `extra` hooks."""
     return {
         "custom_imports": {"imports": ["seesaw_repro.mmdet_plugin"], "allow_failed_imports": False},
         "custom_hooks": [
@@ -230,9 +234,20 @@ def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
             {"type": "MetricsFileHook"},
             {"type": "RandomStateHook"},
             {"type": "StopOnSignalHook"},
+            *extra,
+        ],
+    }
+
+
+def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
+    """The suite's hooks (suite_hooks), with Figure 3's gradient statistics or Figure 1's
+    accuracy when asked for, and the LVIS evaluation of lvis_eval.py, which keeps each
+    category's AP (Figure 4)."""
+    return {
+        **suite_hooks(
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
             *([{"type": "ClassificationAccuracyHook"}] if spec.classification_accuracy else []),
-        ],
+        ),
         "val_evaluator": {
             "type": "FastLVISMetric",
             "ann_file": val_ann_file,

@@ -1,7 +1,8 @@
 """Recipes: what each table of the paper runs, read from recipes/tableNN.toml.
 
 A recipe has table-wide `defaults` and `rows`; each row names only what differs from the
-defaults. Every key must be a RunSpec field, so a typo is an error, not a silent default.
+defaults. Every key must be a field of the task's spec (RunSpec for the LVIS tables,
+ClassificationSpec for `task = "imagenet_lt"`), so a typo is an error, not a silent default.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .classification_runs import TASK as CLASSIFICATION
+from .classification_runs import ClassificationSpec
 from .errors import UserError
 from .methods import RunSpec, SpecError
 
@@ -29,7 +32,7 @@ class Row:
     """One row of a paper table: its key (as in results/paper) and what it runs."""
 
     key: str
-    spec: RunSpec
+    spec: RunSpec | ClassificationSpec
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Table:
     caption: str
     columns: list[str]  # descriptive columns copied from the paper's CSV
     rows: list[Row]
+    task: str = "lvis"  # or "imagenet_lt" (Tables 10-11)
 
     @property
     def paper_csv(self) -> Path:
@@ -88,7 +92,11 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
     for key in ("title", "rows"):
         if key not in data:
             raise RecipeError(f"{path}: missing top-level key {key!r}")
-    allowed = RunSpec.field_names()
+    task = data.get("task", "lvis")
+    if task not in ("lvis", CLASSIFICATION):
+        raise RecipeError(f"{path}: task {task!r} is not 'lvis' or {CLASSIFICATION!r}")
+    spec_type = ClassificationSpec if task == CLASSIFICATION else RunSpec
+    allowed = spec_type.field_names()
     defaults = data.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, allowed)
     rows, seen = [], set()
@@ -102,7 +110,7 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
         settings = {k: v for k, v in row.items() if k not in ROW_META_KEYS}
         _check_keys(path, f"{where} ({row['key']})", settings, allowed)
         try:
-            spec = RunSpec(**{**defaults, **settings})
+            spec = spec_type(**{**defaults, **settings})
         except SpecError as err:
             raise RecipeError(f"{path}: {where} ({row['key']}): {err}") from err
         rows.append(Row(key=row["key"], spec=spec))
@@ -112,6 +120,7 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
         caption=data.get("caption", ""),
         columns=list(data.get("columns", [])),
         rows=rows,
+        task=task,
     )
 
 

@@ -15,8 +15,11 @@ from . import configs
 from .recipes import RecipeError, Table
 from .runs import RunDir
 
-METRICS = ["AP", "AP_r", "AP_c", "AP_f", "AP_box"]
-HEADERS = {"AP": "AP", "AP_r": "AP_r", "AP_c": "AP_c", "AP_f": "AP_f", "AP_box": "AP^box"}
+# The columns of a task's tables, as metrics.json names them -> as the paper heads them.
+METRICS = {
+    "lvis": {"AP": "AP", "AP_r": "AP_r", "AP_c": "AP_c", "AP_f": "AP_f", "AP_box": "AP^box"},
+    "imagenet_lt": {"top1": "Overall", "many": "Many", "medium": "Medium", "few": "Few"},
+}
 
 
 def paper_numbers(table: Table) -> pd.DataFrame:
@@ -26,14 +29,14 @@ def paper_numbers(table: Table) -> pd.DataFrame:
         frame = pd.DataFrame(index=pd.Index([row.key for row in table.rows], name="row"))
         for column in table.columns:
             frame[column] = ""
-        for metric in METRICS:
+        for metric in METRICS[table.task]:
             frame[metric] = math.nan
         frame["note"] = ""
         return frame
     if not table.paper_csv.exists():
         raise RecipeError(f"the paper's numbers for {table.name} are missing: {table.paper_csv}")
     frame = pd.read_csv(table.paper_csv, dtype=str, keep_default_na=False).set_index("row")
-    for metric in METRICS:
+    for metric in METRICS[table.task]:
         frame[metric] = pd.to_numeric(frame[metric].replace("", math.nan))
     return frame
 
@@ -71,7 +74,7 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
                 note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."
         record = {"row": key, "run_id": rid, "state": state, "batch": batch}
         record.update({col: paper.at[key, col] for col in table.columns})
-        for metric in METRICS:
+        for metric in METRICS[table.task]:
             ours = measured.get(metric, math.nan)
             theirs = paper.at[key, metric]
             record[f"{metric}_paper"] = theirs
@@ -83,7 +86,7 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
 
 
 FORMATS = ("rich", "markdown", "latex", "csv")
-PAPER_BATCH = 16
+PAPER_BATCH = {"lvis": 16, "imagenet_lt": 512}  # total batch of the paper's runs
 
 
 def _cell(rec: dict, metric: str, figure: bool, markup: bool) -> str:
@@ -104,11 +107,11 @@ def _cell(rec: dict, metric: str, figure: bool, markup: bool) -> str:
 def _grid(table: Table, frame: pd.DataFrame, markup: bool) -> tuple[list[str], list[list[str]]]:
     """The table's header and cells, as the paper lays it out."""
     header = (["row"] if table.is_figure else []) + list(table.columns)
-    header += [HEADERS[m] for m in METRICS] + ["run"]
+    header += list(METRICS[table.task].values()) + ["run"]
     rows = []
     for rec in frame.to_dict("records"):
         cells = ([rec["row"]] if table.is_figure else []) + [rec[c] for c in table.columns]
-        cells += [_cell(rec, m, table.is_figure, markup) for m in METRICS]
+        cells += [_cell(rec, m, table.is_figure, markup) for m in METRICS[table.task]]
         rows.append([*cells, f"{rec['run_id'][:7]} {rec['state']}".strip()])
     return header, rows
 
@@ -126,11 +129,12 @@ def footnotes(table: Table, frame: pd.DataFrame, preset: str) -> list[str]:
         for rec in frame.to_dict("records")
         if rec["note"]
     ]
-    other_batch = frame[frame.batch.notna() & (frame.batch != PAPER_BATCH)]
+    paper_batch = PAPER_BATCH[table.task]
+    other_batch = frame[frame.batch.notna() & (frame.batch != paper_batch)]
     if preset == "paper" and len(other_batch):
         batches = ", ".join(f"{r.row}: {int(r.batch)}" for r in other_batch.itertuples())
         notes.append(
-            f"Total batch differs from the paper's {PAPER_BATCH} ({batches}); the learning "
+            f"Total batch differs from the paper's {paper_batch} ({batches}); the learning "
             "rate was scaled linearly (mmengine's auto_scale_lr)."
         )
     if preset != "paper":
@@ -146,7 +150,8 @@ def render(table: Table, frame: pd.DataFrame, preset: str, console: Console) -> 
     out = RichTable(title=table.title, caption=table.caption, show_lines=False)
     header, rows = _grid(table, frame, markup=True)
     for name in header:
-        out.add_column(name, justify="right" if name in HEADERS.values() else "center")
+        metric = name in METRICS[table.task].values()
+        out.add_column(name, justify="right" if metric else "center")
     out.columns[-1].style = "dim"
     for cells in rows:
         out.add_row(*cells)
@@ -199,7 +204,8 @@ def _markdown(table: Table, header: list[str], rows: list[list[str]], notes: lis
 
 
 def _latex(table: Table, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
-    spec = "l" * (len(header) - len(METRICS) - 1) + "r" * len(METRICS) + "l"
+    metrics = len(METRICS[table.task])
+    spec = "l" * (len(header) - metrics - 1) + "r" * metrics + "l"
     lines = [
         r"\begin{table*}[t]",
         r"\centering\scriptsize",

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
-from . import configs, methods
+from . import configs
 from .errors import UserError
 from .files import read_json, try_lock, write_json_atomic, write_text_atomic
 from .hooks import METRICS_FILE, PROGRESS_FILE
@@ -45,7 +45,7 @@ class PlannedRun:
 
     run_id: str
     preset: str
-    spec: methods.RunSpec
+    spec: configs.Spec
     config: dict  # resolved, with the DATA_ROOT and RUNS_DIR placeholders
     rows: tuple[str, ...]
     needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
@@ -53,7 +53,7 @@ class PlannedRun:
 
 def plan(table: Table, preset: str) -> list[PlannedRun]:
     """The distinct runs behind a table's rows, each after the runs it needs (see
-    methods.dependencies); equal configs are one run."""
+    configs.dependencies); equal configs are one run."""
     return plan_tables([table], preset)
 
 
@@ -62,9 +62,9 @@ def plan_tables(tables: list[Table], preset: str) -> list[PlannedRun]:
     to the same config are one run."""
     by_id: dict[str, PlannedRun] = {}
 
-    def add(spec: methods.RunSpec, label: str) -> str:
+    def add(spec: configs.Spec, label: str) -> str:
         needs = tuple(
-            add(dep, f"{label} ({role})") for role, dep in methods.dependencies(spec).items()
+            add(dep, f"{label} ({role})") for role, dep in configs.dependencies(spec).items()
         )
         config = configs.resolve(spec, preset)
         rid = configs.run_id(config)
