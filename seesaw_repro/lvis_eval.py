@@ -156,32 +156,36 @@ def json_list_items(path: Path, block_bytes: int = 1 << 24) -> Iterator[list]:
     """The items of the JSON list (of objects) in `path`, one list per block of the file: a
     detection file of the full val set holds millions of detections, gigabytes parsed whole."""
     with open(path, "rb") as file:
-        rest = file.read(block_bytes).lstrip()
-        if not rest.startswith(b"["):
+        text = bytearray(file.read(block_bytes).lstrip())
+        if not text.startswith(b"["):
             raise UserError(f"{path} is not a JSON list of detections")
-        rest = rest[1:]
         while more := file.read(block_bytes):
-            rest += more
-            items, rest = _complete_items(rest)
+            text += more
+            items, text = _complete_items(text)
             yield items
         try:
-            yield orjson.loads(b"[" + rest)
+            yield orjson.loads(text)
         except orjson.JSONDecodeError as error:
             raise UserError(f"{path} is not valid JSON: {error}") from None
 
 
-def _complete_items(text: bytes) -> tuple[list, bytes]:
-    """The objects at the start of `text` (a JSON list without its "["), up to its last "}, {"
-    between two of them, and the text after it. A "}, {" inside a string does not parse as
-    the end of a list, so the one before it is tried."""
+def _complete_items(text: bytearray) -> tuple[list, bytearray]:
+    """The objects of `text` (a JSON list from its "[" on) up to its last "}, {" between two
+    of them, and "[" with the text after it. A "}, {" inside a string does not parse as the
+    end of a list, so the one before it is tried. The list is closed in place (the byte after
+    the "}" becomes "]"), as copying blocks of the file cost a tenth of the evaluation."""
     tail = max(0, len(text) - (1 << 16))
     for start in (tail, 0) if tail else (0,):
         for boundary in reversed(list(ITEM_BOUNDARY.finditer(text, start))):
+            end = boundary.start() + 1
+            separator, text[end] = text[end], ord("]")
             try:
-                items = orjson.loads(b"[" + text[: boundary.start() + 1] + b"]")
+                with memoryview(text) as view:
+                    items = orjson.loads(view[: end + 1])
             except orjson.JSONDecodeError:
+                text[end] = separator
                 continue
-            return items, text[boundary.end() - 1 :]
+            return items, bytearray(b"[") + text[boundary.end() - 1 :]
     return [], text  # no complete item yet: read on
 
 
