@@ -38,14 +38,20 @@ CLASSIFICATION_METRICS = {
 }
 
 
+SPEED_METRIC = "speed/fps"  # InferenceSpeedHook's, images per second (Table 13)
+
+
 def paper_metrics(evaluator_metrics: dict) -> dict[str, float]:
     """Pick the paper's metrics (LVIS's five, or the classification tables' four) from an
-    evaluator's output, as percentages."""
+    evaluator's output, as percentages, and the inference speed (`fps`) where measured."""
     names = CLASSIFICATION_METRICS if "imagenet_lt/top1" in evaluator_metrics else LVIS_METRICS
     missing = [k for k in names if k not in evaluator_metrics]
     if missing:
         raise KeyError(f"the evaluation did not report {missing}")
-    return {name: round(100 * float(evaluator_metrics[k]), 2) for k, name in names.items()}
+    found = {name: round(100 * float(evaluator_metrics[k]), 2) for k, name in names.items()}
+    if SPEED_METRIC in evaluator_metrics:
+        found["fps"] = round(float(evaluator_metrics[SPEED_METRIC]), 2)
+    return found
 
 
 @HOOKS.register_module()
@@ -107,6 +113,8 @@ class MetricsFileHook(Hook):
         record: dict = {"split": split, "iter": runner.iter, "batch": batch}
         if metrics:
             record["metrics"] = paper_metrics(metrics)
+            if "fps" in record["metrics"]:
+                record["speed_device"] = inference_device()
         else:
             # mmdet's LVISMetric reports nothing when no detection passed the score threshold;
             # the AP of every category with ground truth is then 0.
@@ -130,6 +138,50 @@ class MetricsFileHook(Hook):
             "note": "test-dev AP comes from the LVIS evaluation server: submit the segm file",
         }
         write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
+
+
+@HOOKS.register_module()
+class InferenceSpeedHook(Hook):
+    """Table 13's inference speed: images per second of the evaluation after the last
+    training iteration (batch 1), timed from after the first `warmup` images to the end,
+    with CUDA synchronised around each image; reported as `speed/fps` beside the evaluator's
+    metrics, and the device in metrics.json (MetricsFileHook)."""
+
+    priority = "LOW"  # before MetricsFileHook, which writes what this adds
+
+    def __init__(self, warmup: int = 5) -> None:
+        self.warmup = warmup
+        self._images, self._seconds, self._start = 0, 0.0, 0.0
+
+    def before_val_epoch(self, runner: Runner) -> None:
+        self._images, self._seconds = 0, 0.0
+
+    def before_val_iter(self, runner: Runner, batch_idx: int, data_batch: object = None) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def after_val_iter(
+        self,
+        runner: Runner,
+        batch_idx: int,
+        data_batch: object = None,
+        outputs: list | None = None,
+    ) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        if batch_idx >= self.warmup:
+            self._images += len(outputs or [None])
+            self._seconds += time.perf_counter() - self._start
+
+    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        if metrics is not None and self._seconds > 0:
+            metrics[SPEED_METRIC] = self._images / self._seconds
+
+
+def inference_device() -> str:
+    """What the speed was measured on: the GPU's name, or "cpu"."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 GRADIENT_STATS_FILE = "gradient_stats.json"

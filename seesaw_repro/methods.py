@@ -47,6 +47,8 @@ class RunSpec:
     gradient_stats: bool = False  # record Figure 3's gradient statistics (hooks.GradientStatsHook)
     # Figure 1's per-category classification accuracy (hooks.ClassificationAccuracyHook)
     classification_accuracy: bool = False
+    # Table 13's inference speed: images per second at batch 1 (hooks.InferenceSpeedHook)
+    inference_speed: bool = False
     # Decoupled training (Table 9): "" trains end to end; "random" or "rfs" fine-tunes only the
     # box classifier's last layer of a CE model pre-trained 2x with that sampler.
     decoupled: str = ""
@@ -55,7 +57,7 @@ class RunSpec:
     split: str = "val"
 
     CHOICES = {
-        "model": ("mask_rcnn", "cascade_mask_rcnn"),
+        "model": ("mask_rcnn", "cascade_mask_rcnn", "htc", "htc_lite"),
         "loss": ("seesaw", "eql", "bags"),
         "backbone": ("r50", "r101"),
         "sampler": ("random", "rfs"),
@@ -212,6 +214,54 @@ def cascade(mask_rcnn: dict) -> dict:
     return model
 
 
+def cascade_variant(cascade_model: dict, model: str, num_classes: int) -> dict:
+    """Table 13's cascades from a Cascade Mask R-CNN config (returned as is for
+    "cascade_mask_rcnn"): "htc" (HTC without its semantic branch: LVIS has no semantic
+    annotations) or "htc_lite" (Appendix D.1). The method parts of the box and mask heads
+    (loss, NLA, normalized masks) carry over."""
+    model_cfg = copy.deepcopy(cascade_model)
+    roi_head = model_cfg["roi_head"]
+    if model == "htc":
+        # mmdet's HybridTaskCascade: box and mask stages interleaved, the mask features of
+        # each stage flowing into the next (HTCMaskHead), as its htc-without-semantic config.
+        model_cfg["type"] = "HybridTaskCascade"
+        roi_head.update(type="HybridTaskCascadeRoIHead", interleaved=True, mask_info_flow=True)
+        mask = roi_head["mask_head"]
+        # the flow adds the previous stage's features to this one's RoI features: the mask
+        # head must be as wide as its input (it is in mmdet's 256-channel configs)
+        roi_head["mask_head"] = [
+            {
+                **mask,
+                "type": "HTCMaskHead",
+                "with_conv_res": stage > 0,
+                "conv_out_channels": mask["in_channels"],
+            }
+            for stage in range(len(CASCADE_STAGES))
+        ]
+    elif model == "htc_lite":
+        # HTC-Lite: a global context encoder (SCNet's, the paper's [57]: convolutions and
+        # global average pooling on the coarsest FPN level, an fc trained with binary
+        # cross-entropy on the categories in the image) whose vector is added to the RoI
+        # features of the box and mask heads, and one mask head, at the last stage. mmdet's
+        # SCNetRoIHead without its semantic and feature-relay branches is exactly that
+        # (htc_lite.HTCLiteRoIHead: its mask prediction without the relay).
+        channels = roi_head["bbox_roi_extractor"]["out_channels"]
+        roi_head["type"] = "HTCLiteRoIHead"
+        roi_head["bbox_head"] = [
+            {**head, "type": "SCNetBBoxHead", "num_shared_fcs": 2} for head in roi_head["bbox_head"]
+        ]
+        roi_head["glbctx_head"] = {
+            "type": "GlobalContextHead",
+            "num_convs": 4,
+            "in_channels": channels,
+            "conv_out_channels": channels,
+            "num_classes": num_classes,
+            "loss_weight": 3.0,  # SCNet's
+            "conv_to_res": True,
+        }
+    return model_cfg
+
+
 def finetune_classifier(config: dict, pretrained: str) -> None:
     """Decoupled training: start from `pretrained` and train only the box classifiers' last
     layer (hooks.ClassifierFinetuneHook)."""
@@ -247,6 +297,7 @@ def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
         **suite_hooks(
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
             *([{"type": "ClassificationAccuracyHook"}] if spec.classification_accuracy else []),
+            *([{"type": "InferenceSpeedHook"}] if spec.inference_speed else []),
         ),
         "val_evaluator": {
             "type": "FastLVISMetric",
