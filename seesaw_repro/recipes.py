@@ -45,6 +45,7 @@ class Table:
     columns: list[str]  # descriptive columns copied from the paper's CSV
     rows: list[Row]
     task: str = "lvis"  # or "imagenet_lt" (Tables 10-11)
+    extra_metrics: tuple[str, ...] = ()  # beyond the task's, e.g. ("fps",) in Table 13
 
     @property
     def paper_csv(self) -> Path:
@@ -121,7 +122,21 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
         columns=list(data.get("columns", [])),
         rows=rows,
         task=task,
+        extra_metrics=tuple(_extra_metrics(path, data.get("extra_metrics", []))),
     )
+
+
+EXTRA_METRICS = {"fps"}  # inference speed (hooks.InferenceSpeedHook)
+
+
+def _extra_metrics(path: Path, names: list) -> list[str]:
+    unknown = sorted(set(names) - EXTRA_METRICS)
+    if unknown:
+        raise RecipeError(
+            f"{path}: extra_metrics has unknown {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(sorted(EXTRA_METRICS))}"
+        )
+    return list(names)
 
 
 def _check_keys(path: Path, where: str, settings: dict, allowed: set[str]) -> None:

@@ -20,6 +20,12 @@ METRICS = {
     "lvis": {"AP": "AP", "AP_r": "AP_r", "AP_c": "AP_c", "AP_f": "AP_f", "AP_box": "AP^box"},
     "imagenet_lt": {"top1": "Overall", "many": "Many", "medium": "Medium", "few": "Few"},
 }
+EXTRA_HEADERS = {"fps": "FPS"}
+
+
+def metrics_of(table: Table) -> dict[str, str]:
+    """A table's metric columns (as metrics.json names them -> the paper's headers)."""
+    return {**METRICS[table.task], **{m: EXTRA_HEADERS[m] for m in table.extra_metrics}}
 
 
 def paper_numbers(table: Table) -> pd.DataFrame:
@@ -29,14 +35,14 @@ def paper_numbers(table: Table) -> pd.DataFrame:
         frame = pd.DataFrame(index=pd.Index([row.key for row in table.rows], name="row"))
         for column in table.columns:
             frame[column] = ""
-        for metric in METRICS[table.task]:
+        for metric in metrics_of(table):
             frame[metric] = math.nan
         frame["note"] = ""
         return frame
     if not table.paper_csv.exists():
         raise RecipeError(f"the paper's numbers for {table.name} are missing: {table.paper_csv}")
     frame = pd.read_csv(table.paper_csv, dtype=str, keep_default_na=False).set_index("row")
-    for metric in METRICS[table.task]:
+    for metric in metrics_of(table):
         frame[metric] = pd.to_numeric(frame[metric].replace("", math.nan))
     return frame
 
@@ -68,13 +74,15 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
             run_dir = RunDir(work_dir, rid)
             state, measured = run_dir.status()["state"], run_dir.metrics() or {}
             batch = run_dir.total_batch() or math.nan
+            if "fps" in table.extra_metrics and run_dir.speed_device():
+                note = f"{note} FPS measured on {run_dir.speed_device()}.".strip()
             server_files = run_dir.server_results()
             if server_files:
                 state = "server"
                 note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."
         record = {"row": key, "run_id": rid, "state": state, "batch": batch}
         record.update({col: paper.at[key, col] for col in table.columns})
-        for metric in METRICS[table.task]:
+        for metric in metrics_of(table):
             ours = measured.get(metric, math.nan)
             theirs = paper.at[key, metric]
             record[f"{metric}_paper"] = theirs
@@ -107,11 +115,11 @@ def _cell(rec: dict, metric: str, figure: bool, markup: bool) -> str:
 def _grid(table: Table, frame: pd.DataFrame, markup: bool) -> tuple[list[str], list[list[str]]]:
     """The table's header and cells, as the paper lays it out."""
     header = (["row"] if table.is_figure else []) + list(table.columns)
-    header += list(METRICS[table.task].values()) + ["run"]
+    header += list(metrics_of(table).values()) + ["run"]
     rows = []
     for rec in frame.to_dict("records"):
         cells = ([rec["row"]] if table.is_figure else []) + [rec[c] for c in table.columns]
-        cells += [_cell(rec, m, table.is_figure, markup) for m in METRICS[table.task]]
+        cells += [_cell(rec, m, table.is_figure, markup) for m in metrics_of(table)]
         rows.append([*cells, f"{rec['run_id'][:7]} {rec['state']}".strip()])
     return header, rows
 
@@ -150,7 +158,7 @@ def render(table: Table, frame: pd.DataFrame, preset: str, console: Console) -> 
     out = RichTable(title=table.title, caption=table.caption, show_lines=False)
     header, rows = _grid(table, frame, markup=True)
     for name in header:
-        metric = name in METRICS[table.task].values()
+        metric = name in metrics_of(table).values()
         out.add_column(name, justify="right" if metric else "center")
     out.columns[-1].style = "dim"
     for cells in rows:
@@ -204,7 +212,7 @@ def _markdown(table: Table, header: list[str], rows: list[list[str]], notes: lis
 
 
 def _latex(table: Table, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
-    metrics = len(METRICS[table.task])
+    metrics = len(metrics_of(table))
     spec = "l" * (len(header) - metrics - 1) + "r" * metrics + "l"
     lines = [
         r"\begin{table*}[t]",

@@ -96,6 +96,10 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "train.log"
 
+    def speed_device(self) -> str:
+        """The device the inference speed was measured on ("" if none was)."""
+        return (read_json(self.path / METRICS_FILE) or {}).get("speed_device", "")
+
     def metrics(self) -> dict | None:
         """The evaluation's metrics (percent), or None when the run is not done."""
         data = read_json(self.path / METRICS_FILE)

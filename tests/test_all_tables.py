@@ -47,7 +47,7 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
             continue  # Tables 10-11: test_every_classification_row_...
         rows += len(table.rows)
         planned.update({run.run_id: run for run in runs.plan(table, preset)})
-    assert rows == 68 + 20 and len(planned) == 62
+    assert rows == 71 + 20 and len(planned) == 65
     models = {}
     for run in planned.values():
         cfg = configs.materialise(run.config, data_root, tmp_path / "runs" / run.run_id)
@@ -61,7 +61,7 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
                     {"state_dict": {"roi_head.bbox_head.loss_cls.cum_samples": counts}}, path
                 )
         models.setdefault(json.dumps(cfg.model.to_dict(), sort_keys=True), cfg.model)
-    assert len(models) == 37
+    assert len(models) == 40
     for model_cfg in models.values():
         torch.manual_seed(0)
         model = MODELS.build(model_cfg)
