@@ -181,6 +181,7 @@ LATEX = {
     "~": r"\textasciitilde{}",
     "^": r"\^{}",
     "✓": r"$\surd$",  # LaTeX's own check mark; \checkmark would need amssymb
+    "τ": r"$\tau$",  # Table 10's tau-norm
 }
 
 
