@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .files import write_text_atomic
+from .files import read_json, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_LINES = {"train": 115_846, "val": 20_000, "test": 50_000}  # ImageNet-LT's files
@@ -148,7 +148,12 @@ def ensure_digits(root: Path, spec: DigitsLTSpec) -> Path:
 def check_digits(root: Path, spec: DigitsLTSpec) -> None:
     """Raise a UserError unless `root` holds the digits that `spec` generates."""
     check(root, spec.num_classes)
-    found = json.loads((Path(root) / "digits_lt.json").read_text())
+    found = read_json(Path(root) / "digits_lt.json")
+    if found is None:
+        raise UserError(
+            f"data root {root} is not the tiny preset's digits (no digits_lt.json): leave out "
+            "--data-root to generate them, or use --preset paper for ImageNet-LT"
+        )
     if found != json.loads(json.dumps(asdict(spec))):
         raise UserError(
             f"data root {root} holds digits generated with {found}, but the preset needs "

@@ -158,3 +158,10 @@ def test_imagenet_lt_check_names_what_is_missing(tmp_path):
     (tmp_path / "ImageNet_LT_val.txt").write_text("val/a.JPEG one\n")
     with pytest.raises(UserError, match="line 1: .* not 'relative/path label'"):
         imagenet_lt.check(tmp_path, 3)
+
+
+def test_a_tiny_data_root_that_is_not_the_generated_digits_is_refused(tmp_path):
+    for split in imagenet_lt.SPLITS:
+        (tmp_path / f"ImageNet_LT_{split}.txt").write_text("")
+    with pytest.raises(UserError, match="not the tiny preset's digits"):
+        imagenet_lt.check_digits(tmp_path, imagenet_lt.DigitsLTSpec())
