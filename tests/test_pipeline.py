@@ -136,7 +136,10 @@ def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # a fresh session does not inherit an ignored SIGINT
+        start_new_session=True,
+        # A shell without job control starts background commands with SIGINT ignored, and
+        # children inherit that (a new session does not reset it): give the child Ctrl-C back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     runs = tmp_path / "runs"
     deadline = time.monotonic() + 240
