@@ -5,19 +5,19 @@ on long-tailed MNIST digits, see imagenet_lt.DigitsLTSpec). The parts are classi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import imagenet_lt
 from .errors import UserError
-from .methods import DATA_ROOT, SpecError, suite_hooks
+from .methods import DATA_ROOT, SpecError, SpecFields, suite_hooks
 
 TASK = "imagenet_lt"
 
 
 @dataclass(frozen=True)
-class ClassificationSpec:
+class ClassificationSpec(SpecFields):
     """One row of Tables 10-11: the loss, and the second stage of a decoupled pipeline
     (Kang et al. 2020) on the end-to-end CE model, if any."""
 
@@ -35,18 +35,11 @@ class ClassificationSpec:
     }
 
     def __post_init__(self) -> None:
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+        self.check_choices()
         if self.decoupled in ("lws", "tau_norm", "ncm") and self.loss != "ce":
             raise SpecError(f"decoupled = {self.decoupled!r} is defined for loss = 'ce' only")
         if not isinstance(self.seed, int):
             raise SpecError(f"seed must be an integer, not {self.seed!r}")
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        """The keys a recipe may set."""
-        return {f.name for f in fields(cls)}
 
     @property
     def summary(self) -> str:

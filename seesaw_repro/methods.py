@@ -24,8 +24,25 @@ class SpecError(UserError):
     """A recipe or option asks for something the suite cannot build."""
 
 
+class SpecFields:
+    """What every spec of a recipe row shares: its choices checked, its keys listed."""
+
+    CHOICES: dict[str, tuple] = {}
+
+    def check_choices(self) -> None:
+        """Raise a SpecError for a field whose value is not one of its CHOICES."""
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """The keys a recipe may set."""
+        return {f.name for f in fields(cls)}
+
+
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(SpecFields):
     """What one run trains: method and model, independent of preset, paths and GPUs."""
 
     model: str = "mask_rcnn"
@@ -68,18 +85,11 @@ class RunSpec:
     }
 
     def __post_init__(self) -> None:
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
+        self.check_choices()
         for field in fields(self):
             value = getattr(self, field.name)
             if field.type == "bool" and not isinstance(value, bool):
                 raise SpecError(f"{field.name} must be true or false, not {value!r}")
-
-    @classmethod
-    def field_names(cls) -> set[str]:
-        """The keys a recipe may set."""
-        return {f.name for f in fields(cls)}
 
     @property
     def summary(self) -> str:
