@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
 
 from . import classification_runs, methods
+from .challenge import DUAL_HEAD_TRAINING, dual_head, test_augmentation
 from .classification_runs import ClassificationSpec
 from .methods import (
     DATA_ROOT,
@@ -64,9 +66,16 @@ def resolve(spec: Spec, preset: str) -> dict:
         config = needed["trained"]
         test_dev(config, needs["trained"])
         return config
-    config = scale.config(spec, needs.get("counts"))
+    if "evaluated" in needs:  # a multi-scale flip test: its trained run's config, tested so
+        config = needed["evaluated"]
+        test_augmentation(config, needs["evaluated"], scale.challenge)
+        return config
+    training = replace(spec, **DUAL_HEAD_TRAINING) if spec.dual_head else spec
+    config = scale.config(training, needs.get("counts"))
     if "pretrained" in needs:
         finetune_classifier(config, needs["pretrained"])
+    if "first_stage" in needs:
+        dual_head(config, needs["first_stage"])
     return config
 
 

@@ -20,6 +20,11 @@ WORK_DIR = "${WORK_DIR}"  # the run's own directory
 PER_CATEGORY_FILE = "per_category_ap.json"  # written by lvis_eval.FastLVISMetric
 
 
+# Training schedules: epochs and the epochs after which the learning rate drops by 10x
+# (Sec. 4.1 for 1x and 2x; Appendix D.2 for Table 12's 45 epochs).
+SCHEDULES = {"1x": (12, (8, 11)), "2x": (24, (16, 22)), "45e": (45, (30, 40))}
+
+
 class SpecError(UserError):
     """A recipe or option asks for something the suite cannot build."""
 
@@ -72,13 +77,31 @@ class RunSpec(SpecFields):
     # "test-dev": run the trained "val" run on LVIS test-dev and write the result files the
     # LVIS evaluation server takes (Table 1's test-dev rows); it trains nothing itself.
     split: str = "val"
+    # Table 12's steps (Appendix D.2), each off by default.
+    norm: str = "bn"  # "syncbn": SyncBN in the backbone, neck and heads
+    mask_upsample: str = "deconv"  # "carafe": CARAFE upsampling in the mask head
+    box_head: str = "shared_fc"  # "tsd": TSD box heads in HTC-Lite's stages (tsd.py)
+    mask_scoring: bool = False  # a mask IoU head rescoring the detections (htc_lite.py)
+    # "challenge": longer edge 768-1792, 1280 x 1280 crop, InstaBoost (with the 45e schedule)
+    augment: str = "standard"
+    neck: str = "fpn"  # "fpg": the enhanced FPG (DCNv2 after upsampling, CARAFE downsampling)
+    # Dual-head classification: a new classifier per stage fine-tuned 1x with RFS on this
+    # spec's frozen model (without dual_head), scores averaged with the original ones.
+    dual_head: bool = False
+    # Multi-scale flip test (longer edge 1200-2000) of this spec's trained model.
+    test_aug: bool = False
 
     CHOICES = {
         "model": ("mask_rcnn", "cascade_mask_rcnn", "htc", "htc_lite"),
         "loss": ("seesaw", "eql", "bags"),
-        "backbone": ("r50", "r101"),
+        "backbone": ("r50", "r101", "resnest200_dcn"),
         "sampler": ("random", "rfs"),
-        "schedule": ("1x", "2x"),
+        "schedule": ("1x", "2x", "45e"),
+        "norm": ("bn", "syncbn"),
+        "mask_upsample": ("deconv", "carafe"),
+        "box_head": ("shared_fc", "tsd"),
+        "augment": ("standard", "challenge"),
+        "neck": ("fpn", "fpg"),
         "counts": ("online", "dataset", "checkpoint"),
         "decoupled": ("", "random", "rfs"),
         "split": ("val", "test-dev"),
@@ -90,6 +113,10 @@ class RunSpec(SpecFields):
             value = getattr(self, field.name)
             if field.type == "bool" and not isinstance(value, bool):
                 raise SpecError(f"{field.name} must be true or false, not {value!r}")
+        needs_htc_lite = {"box_head": self.box_head == "tsd", "mask_scoring": self.mask_scoring}
+        for name, used in needs_htc_lite.items():
+            if used and self.model != "htc_lite":
+                raise SpecError(f"{name} is built for model = 'htc_lite', not {self.model!r}")
 
     @property
     def summary(self) -> str:
@@ -104,8 +131,14 @@ def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
     cross-entropy with the objectness branch, no NLA) trained 2x with the given sampler, of
     the same model, backbone and mask head. "counts": for Pre-Record counts, the same run
     with online counts. "trained": for a test-dev run, the same run on the val split.
+    "evaluated": for a multi-scale flip test, the same run tested plainly. "first_stage": for
+    a dual-head fine-tune, the same run without the dual head.
     """
+    if spec.test_aug:
+        return {"evaluated": replace(spec, test_aug=False)}
     needs = {}
+    if spec.dual_head:
+        needs["first_stage"] = replace(spec, dual_head=False)
     if spec.decoupled:
         needs["pretrained"] = RunSpec(
             model=spec.model,

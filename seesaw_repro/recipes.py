@@ -1,8 +1,9 @@
 """Recipes: what each table of the paper runs, read from recipes/tableNN.toml.
 
 A recipe has table-wide `defaults` and `rows`; each row names only what differs from the
-defaults. Every key must be a field of the task's spec (RunSpec for the LVIS tables,
-ClassificationSpec for `task = "imagenet_lt"`), so a typo is an error, not a silent default.
+defaults (or, with `cumulative = true`, from the row before it). Every key must be a field
+of the task's spec (RunSpec for the LVIS tables, ClassificationSpec for `task =
+"imagenet_lt"`), so a typo is an error, not a silent default.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
     allowed = spec_type.field_names()
     defaults = data.get("defaults", {})
     _check_keys(path, "[defaults]", defaults, allowed)
-    rows, seen = [], set()
+    # Table 12 adds one thing per row: with `cumulative = true`, a row starts from the
+    # settings of the row before it, not from the defaults alone.
+    cumulative = data.get("cumulative", False)
+    base, rows, seen = defaults, [], set()
     for index, row in enumerate(data["rows"], start=1):
         where = f"row {index}"
         if "key" not in row:
@@ -111,9 +115,11 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
         settings = {k: v for k, v in row.items() if k not in ROW_META_KEYS}
         _check_keys(path, f"{where} ({row['key']})", settings, allowed)
         try:
-            spec = spec_type(**{**defaults, **settings})
+            spec = spec_type(**{**base, **settings})
         except SpecError as err:
             raise RecipeError(f"{path}: {where} ({row['key']}): {err}") from err
+        if cumulative:
+            base = {**base, **settings}
         rows.append(Row(key=row["key"], spec=spec))
     return Table(
         name=stem,
