@@ -222,7 +222,7 @@ class TSDBBoxHead(ConvFCBBoxHead):
         gt = self.bbox_coder.decode(priors, targets[pos])
         ious = [
             bbox_overlaps(
-                self.bbox_coder.decode(priors, self._class_deltas(results[key], labels)[pos]),
+                self.bbox_coder.decode(priors, self._class_deltas(results[key][pos], labels[pos])),
                 gt,
                 is_aligned=True,
             )

@@ -108,8 +108,9 @@ def test_plan_all_counts_rows_runs_and_cost(tmp_path):
     result = _seesaw("plan", "all", "--preset", "paper", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = result.stdout.strip().splitlines()[-1]
-    # Tables 1-9: 68 rows, 62 runs; 10-11: 15 rows, 14 runs (q = 1 is in both); 13: 3, 3
-    assert summary.startswith("86 table rows and 20 figure rows, 79 distinct runs, estimated ")
+    # Tables 1-9: 68 rows, 62 runs; 10-11: 15 rows, 14 runs (q = 1 is in both); 12: 12, 12;
+    # 13: 3, 3
+    assert summary.startswith("98 table rows and 20 figure rows, 91 distinct runs, estimated ")
     assert "GPU-hours" in summary
 
 
