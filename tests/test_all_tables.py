@@ -69,8 +69,14 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
     for model_cfg in models.values():
         torch.manual_seed(0)
         model = MODELS.build(model_cfg)
+        # ResNeSt's split attention normalises pooled 1x1 features: BatchNorm needs two images
+        images = 2 if model_cfg.backbone.type == "ResNeSt" else 1
         batch = demo_mm_inputs(
-            1, [(3, 128, 128)], num_items=[3], num_classes=num_classes, with_mask=True
+            images,
+            [(3, 128, 128)] * images,
+            num_items=[3] * images,
+            num_classes=num_classes,
+            with_mask=True,
         )
         data = model.data_preprocessor(batch, True)
         total, _ = model.parse_losses(model.loss(data["inputs"], data["data_samples"]))
