@@ -59,6 +59,8 @@ def deform_roi_align(
             features, rois, offsets, output_size, spatial_scale, sampling_ratio, gamma
         )
     k, s = output_size, sampling_ratio
+    if not len(rois):
+        return features.new_zeros(0, features.shape[1], k, k)
     start = rois[:, 1:3] * spatial_scale - 0.5  # (n, 2): x, y
     size = rois[:, 3:5] * spatial_scale - 0.5 - start
     steps = torch.arange(k, dtype=rois.dtype, device=rois.device).repeat_interleave(s)
@@ -66,39 +68,36 @@ def deform_roi_align(
     points = start[:, :, None] + steps * (size / k)[:, :, None]  # (n, 2, k*s)
     shift = gamma * offsets * size[:, :, None, None]
     shift = shift.repeat_interleave(s, 2).repeat_interleave(s, 3)  # (n, 2, ks, ks): [y, x]
-    xs = points[:, 0, None, :] + shift[:, 0]
-    ys = points[:, 1, :, None] + shift[:, 1]
-    out = features.new_zeros(len(rois), features.shape[1], k * s, k * s)
-    for image in rois[:, 0].unique():
-        inds = rois[:, 0] == image
-        out[inds] = _bilinear(features[int(image)], ys[inds], xs[inds])
-    return out.view(len(rois), -1, k, s, k, s).mean((3, 5))
-
-
-def _bilinear(feature: Tensor, y: Tensor, x: Tensor) -> Tensor:
-    """mmcv's bilinear interpolation (roi_align's): zero beyond one pixel outside the map,
-    clamped to its edge within it. Returns (n, C, *y.shape[1:])."""
-    height, width = feature.shape[-2:]
-    inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
-    y, x = y.clamp(min=0), x.clamp(min=0)
-    y0, x0 = y.floor().long(), x.floor().long()
-    y = torch.where(y0 >= height - 1, torch.full_like(y, height - 1), y)
-    x = torch.where(x0 >= width - 1, torch.full_like(x, width - 1), x)
-    y0, x0 = y0.clamp(max=height - 1), x0.clamp(max=width - 1)
-    y1, x1 = (y0 + 1).clamp(max=height - 1), (x0 + 1).clamp(max=width - 1)
-    ly, lx = y - y0, x - x0
-    flat = feature.flatten(1)
-
-    def at(yi: Tensor, xi: Tensor) -> Tensor:
-        return flat[:, yi * width + xi].movedim(0, 1)  # (n, C, ...)
-
-    value = (
-        ((1 - ly) * (1 - lx))[:, None] * at(y0, x0)
-        + ((1 - ly) * lx)[:, None] * at(y0, x1)
-        + (ly * (1 - lx))[:, None] * at(y1, x0)
-        + (ly * lx)[:, None] * at(y1, x1)
+    xy = torch.stack(
+        [points[:, 0, None, :] + shift[:, 0], points[:, 1, :, None] + shift[:, 1]], dim=-1
+    )  # (n, ks, ks, 2): pixel coordinates x, y of every sampling point
+    height, width = features.shape[-2:]
+    # mmcv's bilinear interpolation: clamped to the edge up to one pixel outside the map
+    # (grid_sample's "border"), zero beyond
+    inside = (xy >= -1).all(-1) & (xy[..., 0] <= width) & (xy[..., 1] <= height)
+    scale = xy.new_tensor([max(width - 1, 1), max(height - 1, 1)])
+    grid = (xy / scale * 2 - 1).to(features.dtype)
+    # One grid_sample for the batch: each image's RoIs in its own row, padded to the most
+    # RoIs of an image (slicing the features per image would copy them per call, backward)
+    image = rois[:, 0].long()
+    counts = torch.bincount(image, minlength=len(features))
+    order = torch.argsort(image, stable=True)
+    slot = torch.empty_like(image)
+    slot[order] = (
+        torch.arange(len(rois), device=rois.device) - (counts.cumsum(0) - counts)[image[order]]
     )
-    return value * inside[:, None]
+    rows = grid.new_zeros(len(features), int(counts.max()), k * s, k * s, 2)
+    rows[image, slot] = grid
+    sampled = F.grid_sample(
+        features,
+        rows.flatten(1, 2),  # (B, most * ks, ks, 2)
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )  # (B, C, most * ks, ks)
+    sampled = sampled.unflatten(2, (-1, k * s)).movedim(1, 2)  # (B, most, C, ks, ks)
+    out = sampled[image, slot] * inside[:, None].to(features.dtype)
+    return out.view(len(rois), -1, k, s, k, s).mean((3, 5))
 
 
 def translate_rois(rois: Tensor, delta_r: Tensor, gamma: float = GAMMA) -> Tensor:
