@@ -121,7 +121,9 @@ class RunSpec(SpecFields):
     @property
     def summary(self) -> str:
         """A few words for `seesaw plan`."""
-        return f"{self.model} {self.backbone} {self.sampler} {self.schedule}"
+        extras = [("+ dual head 1x rfs", self.dual_head), ("+ flip test", self.test_aug)]
+        words = [self.model, self.backbone, self.sampler, self.schedule]
+        return " ".join(words + [text for text, on in extras if on])
 
 
 def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
