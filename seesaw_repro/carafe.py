@@ -9,6 +9,7 @@ mmdet-scoped configs get it and CUDA still runs mmcv's kernel.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmcv.ops import CARAFEPack
@@ -31,12 +32,13 @@ def reassemble(
     n, channels = features.shape[:2]
     area = kernel_size * kernel_size
     cols = F.unfold(features, kernel_size, padding=kernel_size // 2, stride=stride)
-    height, width = kernels.shape[-2:]
-    cols = cols.view(n, group, channels // group, area, height // scale, width // scale)
-    if scale > 1:
-        cols = cols.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-    weights = kernels.view(n, group, 1, area, height, width)
-    return (cols * weights).sum(3).view(n, channels, height, width)
+    height, width = (size // scale for size in kernels.shape[-2:])
+    cols = cols.view(n, group, channels // group, area, height, width)
+    # output pixel (i * scale + a, j * scale + b) weighs the neighbourhood of (i, j): a small
+    # matrix product per input pixel, without repeating the neighbourhoods scale^2 times
+    kernels = kernels.view(n, group, area, height, scale, width, scale)
+    out = torch.einsum("ngckhw,ngkhawb->ngchawb", cols, kernels)
+    return out.reshape(n, channels, height * scale, width * scale)
 
 
 @MODELS.register_module("carafe")
