@@ -264,3 +264,15 @@ def test_dual_head_trains_only_its_classifiers_and_the_flip_test_evaluates_them(
     assert "missing keys" not in log
     views = configs.materialise(runs[2].config, quick_data, tta).test_dataloader.dataset
     assert len(views.pipeline[1].transforms[0]) == 5  # five scales, no flips (digits)
+
+
+@pytest.mark.gpu
+def test_the_cpu_arithmetic_equals_mmcvs_cuda_kernels():
+    features = _features().float()
+    offsets = torch.randn(3, 2, K, K)
+    on_cpu = deform_roi_align(features, ROIS.float(), offsets, K, SCALE, S)
+    on_gpu = deform_roi_align(features.cuda(), ROIS.float().cuda(), offsets.cuda(), K, SCALE, S)
+    assert torch.allclose(on_cpu, on_gpu.cpu(), atol=1e-4)
+    upsample = CARAFEUpsample(channels=6, scale_factor=2, compressed_channels=8)
+    x = torch.randn(2, 6, 5, 7)
+    assert torch.allclose(upsample(x), upsample.cuda()(x.cuda()).cpu(), atol=1e-4)
