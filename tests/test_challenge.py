@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmcv.ops import roi_align
@@ -276,3 +277,32 @@ def test_the_cpu_arithmetic_equals_mmcvs_cuda_kernels():
     upsample = CARAFEUpsample(channels=6, scale_factor=2, compressed_channels=8)
     x = torch.randn(2, 6, 5, 7)
     assert torch.allclose(upsample(x), upsample.cuda()(x.cuda()).cpu(), atol=1e-4)
+
+
+def test_instaboost_runs_on_instances_of_several_parts():
+    from instaboostfast import pycococreater
+    from mmdet.datasets.transforms import InstaBoost
+
+    from seesaw_repro import compat
+
+    mask = np.zeros((20, 30), np.uint8)
+    mask[2:6, 3:9] = mask[10:18, 12:25] = 1  # two parts: two contours
+    with pytest.raises(ValueError):  # instaboostfast 0.1.2 on numpy >= 1.24
+        pycococreater.binary_mask_to_polygon(mask)
+    assert len(compat._mask_to_polygons(mask)) == 2
+    one = mask.copy()
+    one[2:6] = 0
+    assert compat._mask_to_polygons(one) == pycococreater.binary_mask_to_polygon(one)
+    # mmdet's transform, always augmenting, on an image whose instance has two parts
+    compat.apply()
+    np.random.seed(0)
+    instance = {
+        "bbox": [3.0, 2.0, 25.0, 18.0],
+        "bbox_label": 1,
+        "mask": [[3, 2, 9, 2, 9, 6, 3, 6], [12, 10, 25, 10, 25, 18, 12, 18]],
+        "ignore_flag": 0,
+    }
+    image = np.random.randint(0, 255, (20, 30, 3), dtype=np.uint8)
+    for _ in range(5):
+        out = InstaBoost(aug_ratio=1.0)({"img": image.copy(), "instances": [dict(instance)]})
+        assert out["img"].shape == image.shape and len(out["instances"]) == 1
