@@ -76,7 +76,10 @@ def deform_roi_align(
     # (grid_sample's "border"), zero beyond
     inside = (xy >= -1).all(-1) & (xy[..., 0] <= width) & (xy[..., 1] <= height)
     scale = xy.new_tensor([max(width - 1, 1), max(height - 1, 1)])
-    grid = (xy / scale * 2 - 1).to(features.dtype)
+    # torch's CPU grid_sample reads out of bounds (a segfault, seen when a tiny run diverged)
+    # for non-finite coordinates; they sample nothing instead (`inside` is false for them)
+    grid = torch.nan_to_num(xy / scale * 2 - 1, nan=-2.0, posinf=-2.0, neginf=-2.0)
+    grid = grid.to(features.dtype)
     # One grid_sample for the batch: each image's RoIs in its own row, padded to the most
     # RoIs of an image (slicing the features per image would copy them per call, backward)
     image = rois[:, 0].long()

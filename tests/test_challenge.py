@@ -52,6 +52,10 @@ def test_deformable_pooling_moves_each_bin_by_its_offset_times_the_roi_size():
         box = torch.cat([rois[:, :1], start, start + size / K], dim=1)
         expected = roi_align(features.float(), box.float(), (1, 1), SCALE, S, "avg", True)
         assert torch.allclose(pooled[:, :, i, j].float(), expected[:, :, 0, 0], atol=1e-5)
+    # non-finite offsets (a diverged run) sample nothing rather than crash torch's grid_sample
+    broken = offsets.clone()
+    broken[0] = float("nan")
+    assert not deform_roi_align(features, rois, broken, K, SCALE, S)[0].any()
     # differentiable in the features and the offsets, as mmcv's CUDA kernel
     features.requires_grad_()
     offsets.requires_grad_()
