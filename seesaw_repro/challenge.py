@@ -11,7 +11,7 @@ own: TSD (tsd.py), HTC-Lite with mask scoring (htc_lite.py), CARAFE++ downsampli
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .methods import RunSpec
@@ -56,6 +56,11 @@ class ChallengeScale:
     mask_iou_fc: int  # MaskIoUHead's fc width
     fpg_stacks: int  # FPG's stacked bottom-up paths (mmdet's configs: 9)
     max_per_img: int  # detections kept after the test-time merge
+
+    @property
+    def test_views(self) -> int:
+        """Views of an image in the multi-scale (flip) test."""
+        return len(self.test_long_edges) * (2 if self.flip else 1)
 
 
 def norm_cfg(spec: RunSpec) -> dict:
@@ -173,15 +178,10 @@ def train_pipeline(spec: RunSpec, pipeline: list[dict], scale: ChallengeScale) -
     ]
 
 
-def dual_head(config: dict, first_stage: str) -> None:
-    """The dual head's fine-tune: start from `first_stage`'s checkpoint and train only the
-    new classification branches (TSDBBoxHead.dual_cls, fresh)."""
-    config["load_from"] = first_stage
-    config["custom_hooks"].append({"type": "ClassifierFinetuneHook", "trainable": "dual_cls"})
-    config["model_wrapper_cfg"] = {
-        "type": "MMDistributedDataParallel",
-        "find_unused_parameters": True,
-    }
+def training_spec(spec: RunSpec) -> RunSpec:
+    """What a run trains with: a dual-head fine-tune trains 1x with RFS whatever its first
+    stage did (DUAL_HEAD_TRAINING); every other run, its spec."""
+    return replace(spec, **DUAL_HEAD_TRAINING) if spec.dual_head else spec
 
 
 def test_augmentation(config: dict, trained: str, scale: ChallengeScale) -> None:

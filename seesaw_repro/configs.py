@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config
 
 from . import classification_runs, methods
-from .challenge import DUAL_HEAD_TRAINING, dual_head, test_augmentation
+from .challenge import test_augmentation, training_spec
 from .classification_runs import ClassificationSpec
 from .methods import (
     DATA_ROOT,
@@ -70,12 +69,11 @@ def resolve(spec: Spec, preset: str) -> dict:
         config = needed["evaluated"]
         test_augmentation(config, needs["evaluated"], scale.challenge)
         return config
-    training = replace(spec, **DUAL_HEAD_TRAINING) if spec.dual_head else spec
-    config = scale.config(training, needs.get("counts"))
+    config = scale.config(training_spec(spec), needs.get("counts"))
     if "pretrained" in needs:
         finetune_classifier(config, needs["pretrained"])
-    if "first_stage" in needs:
-        dual_head(config, needs["first_stage"])
+    if "first_stage" in needs:  # the dual head: new classification branches, fresh
+        finetune_classifier(config, needs["first_stage"], trainable="dual_cls")
     return config
 
 

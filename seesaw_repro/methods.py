@@ -307,11 +307,12 @@ def cascade_variant(cascade_model: dict, model: str, num_classes: int) -> dict:
     return model_cfg
 
 
-def finetune_classifier(config: dict, pretrained: str) -> None:
-    """Decoupled training: start from `pretrained` and train only the box classifiers' last
-    layer (hooks.ClassifierFinetuneHook)."""
+def finetune_classifier(config: dict, pretrained: str, **hook: str) -> None:
+    """Start from `pretrained` and train only a classifier (hooks.ClassifierFinetuneHook):
+    by default the box classifiers' last layer (decoupled training, Table 9); `hook` sets
+    the hook's own arguments (Table 12's dual head: trainable="dual_cls")."""
     config["load_from"] = pretrained
-    config["custom_hooks"].append({"type": "ClassifierFinetuneHook"})
+    config["custom_hooks"].append({"type": "ClassifierFinetuneHook", **hook})
     # The frozen parameters get no gradient, which DDP must be told about.
     config["model_wrapper_cfg"] = {
         "type": "MMDistributedDataParallel",

@@ -13,7 +13,14 @@ import mmdet
 from mmengine.config import Config
 
 from . import synth
-from .challenge import DCN_V2, ChallengeScale, model_steps, norm_cfg, train_pipeline
+from .challenge import (
+    DCN_V2,
+    ChallengeScale,
+    model_steps,
+    norm_cfg,
+    train_pipeline,
+    training_spec,
+)
 from .errors import UserError
 from .methods import (
     DATA_ROOT,
@@ -73,8 +80,8 @@ class TinyPreset:
         if spec.split == "test-dev":
             return 0.5  # prediction only
         if spec.test_aug:  # prediction only, once per view
-            return 0.5 * len(self.challenge.test_long_edges)
-        iters = self.max_iters("1x" if spec.dual_head else spec.schedule)
+            return 0.5 * self.challenge.test_views
+        iters = self.max_iters(training_spec(spec).schedule)
         return (iters * 0.35 + 30) / 60
 
     def default_data_root(self, work_dir: Path) -> Path:
@@ -481,13 +488,12 @@ class PaperPreset:
         only predicts: about 20,000 images at mmdetection's 16.1 images/s for Mask R-CNN
         R-50-FPN (its model zoo); a multi-scale flip test predicts the 19,809 val images
         once per view."""
-        epochs = SCHEDULES["1x" if spec.dual_head else spec.schedule][0]
+        epochs = SCHEDULES[training_spec(spec).schedule][0]
         seconds = epochs * LVIS_V1_TRAIN_IMAGES * 8 / 53
         if spec.split == "test-dev":
             seconds = 20_000 / 16.1
         if spec.test_aug:
-            views = len(self.challenge.test_long_edges) * (2 if self.challenge.flip else 1)
-            seconds = 19_809 * views / 16.1
+            seconds = 19_809 * self.challenge.test_views / 16.1
         seconds *= 1.25 if spec.backbone == "r101" else 1.0
         seconds *= CASCADE_COST.get(spec.model, 1.0)
         for part, factor in CHALLENGE_COST.items():
