@@ -1,6 +1,6 @@
 """Table 12's parts: TSD's disentangled proposals and progressive constraint, CARAFE's
-reassembly, the test-time merge with masks, the recipe's steps, and the dual head and
-multi-scale test trained and evaluated for real on the generated data."""
+reassembly, DCNv2's arithmetic, the test-time merge with masks, the recipe's steps, and the
+dual head and multi-scale test trained and evaluated for real on the generated data."""
 
 import json
 from dataclasses import replace
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mmcv.ops import roi_align
+from mmcv.cnn import build_conv_layer
+from mmcv.ops import modulated_deform_conv2d, roi_align
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmengine.config import ConfigDict
@@ -19,6 +20,8 @@ from mmengine.structures import InstanceData
 from seesaw_repro import configs, methods
 from seesaw_repro.carafe import CARAFEUpsample, reassemble
 from seesaw_repro.compat import load_from_local_trusted
+from seesaw_repro.deform_conv import DCNv2
+from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import Row, Table, load_table
 from seesaw_repro.runs import RunDir, plan
@@ -165,6 +168,68 @@ def test_carafe_reassembly_upsampling_and_downsampling():
     assert head(torch.randn(2, 8, 14, 14)).shape == (2, 3, 28, 28)
 
 
+@pytest.mark.parametrize(
+    ("groups", "deform_groups", "stride", "padding", "dilation"),
+    [(1, 1, 1, 1, 1), (2, 1, 1, 1, 1), (1, 2, 2, 1, 1), (2, 2, 1, 2, 2)],
+)
+def test_dcn_v2_in_torch_equals_mmcvs_kernel_values_and_gradients(
+    groups, deform_groups, stride, padding, dilation
+):
+    # mmcv's CPU kernel is fine on these (it crashed only deep into real training runs)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 7)
+    weight = torch.randn(6, 8 // groups, 3, 3)
+    bias = torch.randn(6)
+    out_h = (9 + 2 * padding - 2 * dilation - 1) // stride + 1
+    out_w = (7 + 2 * padding - 2 * dilation - 1) // stride + 1
+    # offsets of 3 pixels put many taps off the map; at zero (where training starts) every
+    # tap is on a whole pixel, where the gradient must take mmcv's side (forward difference)
+    for offset_scale in (3.0, 0.0):
+        offset = torch.randn(2, deform_groups * 18, out_h, out_w) * offset_scale
+        mask = torch.rand(2, deform_groups * 9, out_h, out_w)
+        args = (x, offset, mask, weight, bias)
+        for tensor in args:
+            tensor.requires_grad_(True)
+        geometry = ((stride,) * 2, (padding,) * 2, (dilation,) * 2, groups, deform_groups)
+        ours = deform_conv_in_torch(*args, *geometry)
+        theirs = modulated_deform_conv2d(*args, *geometry)
+        assert torch.allclose(ours, theirs, atol=1e-4)
+        upstream = torch.randn_like(ours)
+        for tensor, ours_grad, theirs_grad in zip(
+            args,
+            torch.autograd.grad(ours, args, upstream),
+            torch.autograd.grad(theirs, args, upstream),
+            strict=True,
+        ):
+            assert torch.allclose(ours_grad, theirs_grad, atol=1e-3), (offset_scale, tensor.shape)
+
+
+def test_dcn_v2_in_torch_is_a_convolution_at_zero_offset_and_never_reads_non_finite_points():
+    x = torch.randn(1, 4, 6, 5, dtype=torch.float64)
+    weight = torch.randn(4, 4, 3, 3, dtype=torch.float64)
+    offset = torch.zeros(1, 18, 6, 5, dtype=torch.float64)
+    mask = torch.ones(1, 9, 6, 5, dtype=torch.float64)
+    geometry = ((1, 1), (1, 1), (1, 1), 1, 1)
+    out = deform_conv_in_torch(x, offset, mask, weight, None, *geometry)
+    assert torch.allclose(out, torch.nn.functional.conv2d(x, weight, padding=1))
+    # a tap moved by NaN, inf or a huge offset reads zero, as one moved off the map does
+    far = offset.clone()
+    far[0, 8:10, 2, 2] = 100.0  # tap 4 (the centre) of output pixel (2, 2)
+    expected = deform_conv_in_torch(x, far, mask, weight, None, *geometry)
+    for value in (float("nan"), float("inf"), -float("inf"), 1e30):
+        moved = offset.clone()
+        moved[0, 8:10, 2, 2] = value
+        assert torch.equal(deform_conv_in_torch(x, moved, mask, weight, None, *geometry), expected)
+    # mmdet's configs ask for "DCNv2": in mmdet's scope they get the version that runs on a CPU
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        conv = build_conv_layer({"type": "DCNv2", "deform_groups": 1}, 4, 6, 3, padding=1)
+    assert isinstance(conv, DCNv2)
+    with torch.no_grad():
+        conv.conv_offset.weight.normal_(std=0.3)  # offsets and masks from the input
+    features = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(conv(features), super(DCNv2, conv).forward(features), atol=1e-4)
+
+
 def _view(boxes, scores, masks, flip):
     sample = DetDataSample(
         metainfo={"ori_shape": (40, 100), "flip": flip, "flip_direction": "horizontal"}
@@ -281,6 +346,10 @@ def test_the_cpu_arithmetic_equals_mmcvs_cuda_kernels():
     upsample = CARAFEUpsample(channels=6, scale_factor=2, compressed_channels=8)
     x = torch.randn(2, 6, 5, 7)
     assert torch.allclose(upsample(x), upsample.cuda()(x.cuda()).cpu(), atol=1e-4)
+    conv = DCNv2(6, 4, 3, padding=1, groups=2)
+    with torch.no_grad():
+        conv.conv_offset.weight.normal_(std=0.3)
+    assert torch.allclose(conv(x), conv.cuda()(x.cuda()).cpu(), atol=1e-4)
 
 
 def test_instaboost_runs_on_instances_of_several_parts():
