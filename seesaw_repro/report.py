@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from . import configs
 from .recipes import RecipeError, Table
-from .runs import RunDir
+from .runs import RunDir, server_results
 
 # The columns of a task's tables, as metrics.json names them -> as the paper heads them.
 METRICS = {
@@ -72,11 +72,12 @@ def compare(table: Table, preset: str, work_dir: Path) -> pd.DataFrame:
         else:
             rid = configs.run_id(configs.resolve(row.spec, preset))
             run_dir = RunDir(work_dir, rid)
-            state, measured = run_dir.status()["state"], run_dir.metrics() or {}
-            batch = run_dir.total_batch() or math.nan
-            if "fps" in table.extra_metrics and run_dir.speed_device():
-                note = f"{note} FPS measured on {run_dir.speed_device()}.".strip()
-            server_files = run_dir.server_results()
+            result = run_dir.result() or {}
+            state = "done" if result else run_dir.status()["state"]
+            measured, batch = result.get("metrics", {}), result.get("batch") or math.nan
+            if "fps" in table.extra_metrics and result.get("speed_device"):
+                note = f"{note} FPS measured on {result['speed_device']}.".strip()
+            server_files = server_results(result)
             if server_files:
                 state = "server"
                 note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."

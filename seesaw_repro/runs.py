@@ -81,6 +81,13 @@ def plan_tables(tables: list[Table], preset: str) -> list[PlannedRun]:
     return list(by_id.values())
 
 
+def server_results(result: dict | None) -> list[str]:
+    """A done test-dev run's result files for the LVIS evaluation server, from its
+    RunDir.result() (else [])."""
+    result = result or {}
+    return result.get("results", []) if result.get("split") == "test-dev" else []
+
+
 class RunDir:
     """The on-disk state of one run."""
 
@@ -96,23 +103,16 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "train.log"
 
-    def speed_device(self) -> str:
-        """The device the inference speed was measured on ("" if none was)."""
-        return (read_json(self.path / METRICS_FILE) or {}).get("speed_device", "")
+    def result(self) -> dict | None:
+        """metrics.json, or None when the run is not done: its "metrics" (percent) and how
+        they were got ("batch": images per iteration, all GPUs together; "speed_device";
+        a test-dev run's "split" and "results")."""
+        return read_json(self.path / METRICS_FILE)
 
     def metrics(self) -> dict | None:
         """The evaluation's metrics (percent), or None when the run is not done."""
-        data = read_json(self.path / METRICS_FILE)
+        data = self.result()
         return data["metrics"] if data else None
-
-    def total_batch(self) -> int | None:
-        """The images per iteration, all GPUs together, of a done run (else None)."""
-        return (read_json(self.path / METRICS_FILE) or {}).get("batch")
-
-    def server_results(self) -> list[str]:
-        """A done test-dev run's result files for the LVIS evaluation server (else [])."""
-        data = read_json(self.path / METRICS_FILE) or {}
-        return data.get("results", []) if data.get("split") == "test-dev" else []
 
     def is_locked(self) -> bool:
         """Whether a process is training this run now."""

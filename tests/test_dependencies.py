@@ -10,7 +10,7 @@ from seesaw_repro import configs, methods
 from seesaw_repro.compat import load_from_local_trusted
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import Row, Table, load_table
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.runs import RunDir, plan, server_results
 
 DE_SEESAW = methods.RunSpec(decoupled="rfs", schedule="1x")
 DE_EQL = methods.RunSpec(decoupled="rfs", schedule="1x", loss="eql", nla=False)
@@ -138,7 +138,7 @@ def test_a_test_dev_row_writes_the_servers_result_files_from_the_trained_model(
         (trained.run_id, test_dev.run_id), "done"
     )
     run_dir = RunDir(tmp_path, test_dev.run_id)
-    files = run_dir.server_results()
+    files = server_results(run_dir.result())
     assert [Path(f).name for f in files] == ["test-dev.bbox.json", "test-dev.segm.json"]
     detections = json.loads(Path(files[1]).read_text())
     info = json.loads((quick_data / "annotations/lvis_v1_image_info_test_dev.json").read_text())
