@@ -25,7 +25,7 @@ from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from seesaw_repro.files import try_lock
-from seesaw_repro.hooks import Stopped
+from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
 from seesaw_repro.runs import LOCK_FILE, RunDir
 
 LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
@@ -94,6 +94,7 @@ def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
     if cfg.get("seesaw", {}).get("job") in ("test-dev", "evaluate"):
         runner.test()  # a trained model on test-dev, or fitted post hoc; no training
     else:
+        runner.register_hook(FailOnDivergenceHook())
         runner.train()
     return (run_dir / "metrics.json").exists()
 

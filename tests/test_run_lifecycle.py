@@ -1,11 +1,14 @@
 """What `seesaw repro` does with each run: skip the done and the failed, leave a run that
-another process trains to it, train again on request, and say so beforehand (--dry-run)."""
+another process trains to it, train again on request, say so beforehand (--dry-run), and
+fail a run whose loss stops being finite."""
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from seesaw_repro import presets
 from seesaw_repro.executors import run_local, triage
 from seesaw_repro.job import LOCKED, STOPPED
 from seesaw_repro.recipes import load_table
@@ -68,6 +71,22 @@ def test_failed_runs_wait_for_retry_failed_and_force_keeps_the_old_folder(
     old = run_dir.archive()
     assert (old / "metrics.json").exists() and not run_dir.path.exists()
     assert old.name.startswith(f"{run.run_id}.old-")
+
+
+def test_a_diverging_run_fails_at_its_first_non_finite_loss(
+    tmp_path, quick_data, quick_preset, monkeypatch
+):
+    exploding = dataclasses.replace(quick_preset, name="exploding", lr=1e8)
+    monkeypatch.setitem(presets.PRESETS, exploding.name, exploding)
+    run = _run(exploding.name)
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "failed"}
+    run_dir = RunDir(tmp_path, run.run_id)
+    reason = run_dir.status()["reason"]
+    assert reason.startswith("Diverged: the loss was") and "the run diverged" in reason
+    failed_at = int(reason.split("at iteration ")[1].split(":")[0])
+    assert failed_at < exploding.max_iters("2x")  # it stopped there, not at the end
+    saved = [int(p.stem.split("_")[1]) for p in run_dir.path.glob("iter_*.pth")]
+    assert all(iteration < failed_at for iteration in saved)  # no checkpoint of NaN weights
 
 
 def _seesaw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
