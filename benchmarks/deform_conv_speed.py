@@ -10,22 +10,13 @@ as conv groups); --offset-scale is the standard deviation of the offsets in pixe
 """
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 from mmcv.ops import modulated_deform_conv2d
+from timing import mean_ms  # benchmarks/timing.py
 
 from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
-
-
-def _time(step: Callable[[], object], repeats: int) -> float:
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats * 1000
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
             return out, torch.autograd.grad(out.square().sum(), inputs)
 
         outputs[name], grads[name] = step()
-        times[name] = _time(step, args.repeats)
+        times[name] = mean_ms(step, args.repeats)
     print(f"DCNv2 3x3, input {n}x{c}x{size}x{size}, groups {args.groups}, forward + backward:")
     for name, ms in times.items():
         print(f"  {name:5s} {ms:8.2f} ms")

@@ -8,23 +8,14 @@ cross-entropy on the same logits (N RoIs, C classes, objectness branch), in one 
 """
 
 import argparse
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from mmdet.models.losses import SeesawLoss
+from timing import mean_ms  # benchmarks/timing.py
 
 from seesaw_repro.losses import ReproSeesawLoss
-
-
-def _time(step: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats * 1000
 
 
 def main() -> None:
@@ -58,9 +49,9 @@ def main() -> None:
         F.cross_entropy(logits[:, : c + 1], labels).backward()
 
     results = {
-        "ours": _time(run(ours), args.repeats),
-        "mmdet": _time(run(theirs), args.repeats),
-        "cross-entropy": _time(cross_entropy, args.repeats),
+        "ours": mean_ms(run(ours), args.repeats),
+        "mmdet": mean_ms(run(theirs), args.repeats),
+        "cross-entropy": mean_ms(cross_entropy, args.repeats),
     }
     value_ours = run(ours)()
     grad_ours = logits.grad.clone()
