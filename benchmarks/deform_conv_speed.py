@@ -1,5 +1,5 @@
 """Forward + backward time of the suite's DCNv2 arithmetic in torch (deform_conv.py, what
-CPU runs use) against mmcv's CPU kernel (which crashes deep into tiny ResNeSt runs), on the
+CPU runs use) against mmcv's CPU kernel (which segfaulted in diverging tiny ResNeSt runs), on the
 same input, offsets and masks, in one run; also the largest differences.
 
     .venv/bin/python benchmarks/deform_conv_speed.py [--batch 2] [--channels 64] [--size 32]

@@ -175,7 +175,7 @@ def test_carafe_reassembly_upsampling_and_downsampling():
 def test_dcn_v2_in_torch_equals_mmcvs_kernel_values_and_gradients(
     groups, deform_groups, stride, padding, dilation
 ):
-    # mmcv's CPU kernel is fine on these (it crashed only deep into real training runs)
+    # mmcv's CPU kernel is fine on these (it crashed only in diverging training runs)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 9, 7)
     weight = torch.randn(6, 8 // groups, 3, 3)
