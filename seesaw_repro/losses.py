@@ -206,6 +206,15 @@ class ReproSeesawLoss(_BoxClassifierLoss):
         objectness = F.softmax(cls_score[..., self.num_classes :], dim=-1)
         return torch.cat([classes * objectness[..., :1], objectness[..., 1:]], dim=-1)
 
+    def logits_of(self, scores: Tensor) -> Tensor:
+        """Outputs whose get_activation is `scores` (C class scores and background, summing
+        to 1): a merge of several classifiers' scores goes on through mmdet as logits."""
+        logs = scores.clamp(min=torch.finfo(scores.dtype).tiny).log()
+        if not self.objectness:
+            return logs
+        foreground = logs[..., :-1].logsumexp(-1, keepdim=True)
+        return torch.cat([logs[..., :-1] - foreground, foreground, logs[..., -1:]], dim=-1)
+
     def get_accuracy(self, cls_score: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Accuracy of the class logits on foreground samples (and of objectness)."""
         if not self.objectness:

@@ -117,6 +117,9 @@ class RunSpec(SpecFields):
         for name, used in needs_htc_lite.items():
             if used and self.model != "htc_lite":
                 raise SpecError(f"{name} is built for model = 'htc_lite', not {self.model!r}")
+        if self.dual_head and (self.box_head, self.loss) != ("tsd", "seesaw"):
+            # its scores are merged through ReproSeesawLoss.logits_of, in TSD's head
+            raise SpecError("dual_head is built for box_head = 'tsd' with loss = 'seesaw'")
 
     @property
     def summary(self) -> str:

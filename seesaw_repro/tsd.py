@@ -180,11 +180,17 @@ class TSDBBoxHead(ConvFCBBoxHead):
 
     def tsd_forward(self, cls_feats: Tensor, reg_feats: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits and regression deltas (against P_r) of TSD's branches. With the dual
-        head: its logits alone in training, the mean of both branches' at test time."""
+        head: its logits alone in training; at test time the two branches' scores averaged,
+        as Appendix D.2 says (not their logits: Seesaw's scores are class x objectness), and
+        returned as the logits of that average (the loss's logits_of)."""
         cls_score = self._run(self.tsd_cls, cls_feats)
         if self.dual_cls is not None:
             dual = self._run(self.dual_cls, cls_feats)
-            cls_score = dual if self.training else (cls_score + dual) / 2
+            if self.training:
+                cls_score = dual
+            else:
+                scores = (self._probabilities(cls_score) + self._probabilities(dual)) / 2
+                cls_score = self.loss_cls.logits_of(scores)
         return cls_score, self._run(self.tsd_reg, reg_feats)
 
     def to_proposal_frame(self, bbox_pred: Tensor, delta_r: Tensor) -> Tensor:

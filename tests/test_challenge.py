@@ -122,6 +122,29 @@ def test_progressive_constraint_on_a_hand_case():
     assert without["loss_pc_loc"].item() == pytest.approx(1 - 95 / 105, abs=1e-6)
 
 
+def test_dual_head_averages_the_two_branches_scores_not_their_logits():
+    # Appendix D.2: "the scores ... are averaged". With the objectness branch a score is
+    # class softmax x foreground probability, so averaging logits would give another score.
+    seesaw = {"type": "ReproSeesawLoss", "num_classes": 2, "objectness": True}
+    head = _head(dual_cls=True, loss_cls=seesaw).eval()
+    # each branch answers the same logits (classes 0, 1 | foreground, background) for any RoI
+    hand = {"tsd_cls": [0.0, 0.0, np.log(9), 0.0], "dual_cls": [np.log(3), 0.0, 0.0, 0.0]}
+    for name, logits in hand.items():
+        out = getattr(head, name)["out"]
+        torch.nn.init.zeros_(out.weight)
+        out.bias.data = torch.tensor(logits, dtype=torch.float)
+    # scores: original (0.45, 0.45 | bg 0.1), dual (0.375, 0.125 | bg 0.5)
+    cls_score, _ = head.tsd_forward(torch.randn(2, 4, 7, 7), torch.randn(2, 4, 7, 7))
+    scores = head.loss_cls.get_activation(cls_score)
+    assert torch.allclose(scores, torch.tensor([[0.4125, 0.2875, 0.3]] * 2), atol=1e-6)
+    # what averaging the logits would have given: (0.4755, 0.2745 | 0.25)
+    mean_logits = head.loss_cls.get_activation(torch.tensor([np.log(3) / 2, 0, np.log(3), 0]))
+    assert not torch.allclose(mean_logits.float(), scores[0], atol=1e-2)
+    head.train()  # training: the dual branch's own logits, which its fine-tune learns
+    cls_score, _ = head.tsd_forward(torch.randn(2, 4, 7, 7), torch.randn(2, 4, 7, 7))
+    assert torch.allclose(cls_score, torch.tensor([hand["dual_cls"]] * 2, dtype=torch.float))
+
+
 def _reassemble_by_definition(features, kernels, k, group, stride, scale):
     n, c, h, w = features.shape
     out = torch.zeros(n, c, *kernels.shape[-2:], dtype=features.dtype)
