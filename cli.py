@@ -56,11 +56,13 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _data_root(task: str, preset_name: str, data_root: Path | None, work_dir: Path) -> Path:
+def _data_root(
+    task: str, preset_name: str, data_root: Path | None, work_dir: Path, specs: list
+) -> Path:
     from seesaw_repro import configs
 
     with console.status("Preparing the dataset (the tiny preset generates it once) ..."):
-        return configs.preset_for(task, preset_name).prepare_data(data_root, work_dir)
+        return configs.prepare_data(task, preset_name, data_root, work_dir, specs)
 
 
 @app.command()
@@ -83,7 +85,10 @@ def repro(
         "GPU runs are packed onto this machine's GPUs, --gpus each.",
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="Print what would be done with each run, and do nothing."
+        False,
+        "--dry-run",
+        help="Print what would be done with each run, and do nothing (with --data-root, check "
+        "it holds every input the runs need first).",
     ),
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Run again the runs that failed before (else skipped)."
@@ -164,12 +169,15 @@ def repro(
         slurm.check_slurm(options.partition)
     else:
         executors.gpu_slots(gpus, 1)  # enough GPUs here?
+    specs = [run.spec for run in planned]
     if dry_run:
+        if data_root is not None:  # check what it would train on (none is generated)
+            _data_root(spec_table.task, preset, data_root, work_dir, specs)
         for run, action in executors.triage(planned, work_dir, retry_failed, force):
             needs = f" after {', '.join(run.needs)}" if run.needs else ""
             typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
         return
-    root = _data_root(spec_table.task, preset, data_root, work_dir)
+    root = _data_root(spec_table.task, preset, data_root, work_dir, specs)
     console.print(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"

@@ -17,6 +17,7 @@ from mmengine.config import Config
 from . import classification_runs, methods
 from .challenge import test_augmentation, training_spec
 from .classification_runs import ClassificationSpec
+from .errors import UserError
 from .methods import (
     DATA_ROOT,
     RUNS_DIR,
@@ -44,6 +45,23 @@ def preset_for(task: str, preset: str) -> Any:
     if preset not in known:
         raise SpecError(f"unknown preset {preset!r}; known presets: {', '.join(known)}")
     return known[preset]
+
+
+def prepare_data(
+    task: str, preset: str, data_root: Path | None, work_dir: Path, specs: list[Spec]
+) -> Path:
+    """The data root for runs of `specs`, checked (or generated: tiny preset), with every
+    input they need: a test-dev run also needs the preset's test-dev files."""
+    scale = preset_for(task, preset)
+    root = scale.prepare_data(data_root, work_dir)
+    if any(getattr(spec, "split", "val") == "test-dev" for spec in specs):
+        missing = [f for f in scale.test_dev_files if not (Path(root) / f).exists()]
+        if missing:
+            raise UserError(
+                f"the test-dev rows need {', '.join(missing)} in {root}: LVIS v1's test-dev "
+                "image info from lvisdataset.org, COCO's test2017 images from cocodataset.org"
+            )
+    return root
 
 
 def dependencies(spec: Spec) -> dict[str, Spec]:

@@ -13,6 +13,7 @@ import mmdet
 from mmengine.config import Config
 
 from . import synth
+from .synth import TEST_DEV_INFO
 from .challenge import (
     DCN_V2,
     ChallengeScale,
@@ -54,6 +55,7 @@ class TinyPreset:
     base_channels: int = 16
     fpn_channels: int = 64
     cost_unit = "CPU-core minutes"
+    test_dev_files = (TEST_DEV_INFO,)  # its test-dev lists the val images
     challenge = ChallengeScale(
         train_long_edges=(74, 172),
         edge_step=8,
@@ -475,9 +477,9 @@ class PaperPreset:
     mmengine's auto_scale_lr), lr 0.02, 2x = 24 epochs with steps at 16 and 22 (1x: 12; 8,
     11), multi-scale training 640-800 / 1333 with flip, single-scale test 1333 x 800, score
     threshold 1e-3, 300 detections per image, RFS threshold 1e-3. EQL's tail: categories in
-    fewer than 100 training images, the boundary EQL's lambda = 1.76e-3 drew on LVIS v0.5's
-    57k images (= 100 / 100,170 on v1). Where this departs from mmdet's released seesaw
-    configs: PAPER_VS_MMDET.
+    fewer than 100 training images (100 / 100,170 on v1), near the boundary EQL's lambda =
+    1.76e-3 drew on LVIS v0.5's 57k images (100.8 images; recipes/table01.toml). Where this
+    departs from mmdet's released seesaw configs: PAPER_VS_MMDET.
     """
 
     name: str = "paper"
@@ -502,6 +504,7 @@ class PaperPreset:
         return _paper_config(spec, self, counts_checkpoint)
 
     cost_unit = "GPU-hours (V100)"
+    test_dev_files = (TEST_DEV_INFO, "test2017")  # LVIS v1's image info, COCO's images
 
     def default_data_root(self, work_dir: Path) -> Path | None:
         """None: LVIS v1 has no default place; --data-root names it."""
