@@ -1,8 +1,9 @@
 """Recipes: what each table of the paper runs, read from recipes/tableNN.toml.
 
 A recipe has table-wide `defaults` and `rows`; each row names only what differs from the
-defaults (or, with `cumulative = true`, from the row before it). Every key must be a field
-of the task's spec (RunSpec for the LVIS tables, ClassificationSpec for `task =
+defaults (or, with `cumulative = true`, from the row before it), or is another recipe's row
+(`same_as = "table01:mask_random_ce"`: the same spec, so the same run). Every key must be a
+field of the task's spec (RunSpec for the LVIS tables, ClassificationSpec for `task =
 "imagenet_lt"`), so a typo is an error, not a silent default.
 """
 
@@ -21,7 +22,7 @@ from .methods import RunSpec, SpecError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE_DIR = REPO_ROOT / "recipes"
 PAPER_DIR = REPO_ROOT / "results" / "paper"
-ROW_META_KEYS = {"key"}
+ROW_META_KEYS = {"key", "same_as"}
 
 
 class RecipeError(UserError):
@@ -47,6 +48,7 @@ class Table:
     rows: list[Row]
     task: str = "lvis"  # or "imagenet_lt" (Tables 10-11)
     extra_metrics: tuple[str, ...] = ()  # beyond the task's, e.g. ("fps",) in Table 13
+    note: str = ""  # a reading of the paper the report states under the table
 
     @property
     def paper_csv(self) -> Path:
@@ -78,10 +80,12 @@ def table_name(name: str) -> str:
     return f"{kind}{int(match.group(2)):02d}"
 
 
-def load_table(name: str, recipe_dir: Path | None = None) -> Table:
+def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()) -> Table:
     """Read and check the recipe of one table (from recipes/ unless `recipe_dir` is given)."""
     recipe_dir = recipe_dir or RECIPE_DIR
     stem = table_name(name)
+    if stem in _referrers:
+        raise RecipeError(f"same_as rows refer in a circle: {' -> '.join((*_referrers, stem))}")
     path = recipe_dir / f"{stem}.toml"
     if not path.exists():
         names = known_tables(recipe_dir) + known_figures(recipe_dir)
@@ -113,11 +117,17 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
             raise RecipeError(f"{path}: {where} repeats key {row['key']!r}")
         seen.add(row["key"])
         settings = {k: v for k, v in row.items() if k not in ROW_META_KEYS}
-        _check_keys(path, f"{where} ({row['key']})", settings, allowed)
-        try:
-            spec = spec_type(**{**base, **settings})
-        except SpecError as err:
-            raise RecipeError(f"{path}: {where} ({row['key']}): {err}") from err
+        where = f"{where} ({row['key']})"
+        _check_keys(path, where, settings, allowed)
+        if "same_as" in row:
+            if settings:
+                raise RecipeError(f"{path}: {where} has same_as, so it may set nothing else")
+            spec = _same_as(path, where, row["same_as"], task, recipe_dir, (*_referrers, stem))
+        else:
+            try:
+                spec = spec_type(**{**base, **settings})
+            except SpecError as err:
+                raise RecipeError(f"{path}: {where}: {err}") from err
         if cumulative:
             base = {**base, **settings}
         rows.append(Row(key=row["key"], spec=spec))
@@ -129,7 +139,23 @@ def load_table(name: str, recipe_dir: Path | None = None) -> Table:
         rows=rows,
         task=task,
         extra_metrics=tuple(_extra_metrics(path, data.get("extra_metrics", []))),
+        note=data.get("note", ""),
     )
+
+
+def _same_as(
+    path: Path, where: str, reference: str, task: str, recipe_dir: Path, referrers: tuple
+) -> RunSpec | ClassificationSpec:
+    """The spec of the row `reference` ("table01:mask_random_ce") names."""
+    name, _, key = str(reference).partition(":")
+    other = load_table(name, recipe_dir, referrers)
+    specs = {row.key: row.spec for row in other.rows}
+    if key not in specs or other.task != task:
+        raise RecipeError(
+            f"{path}: {where}: same_as {reference!r} names no {task} row; "
+            f"{other.name}'s rows: {', '.join(specs)}"
+        )
+    return specs[key]
 
 
 EXTRA_METRICS = {"fps"}  # inference speed (hooks.InferenceSpeedHook)

@@ -133,6 +133,7 @@ def footnotes(table: Table, frame: pd.DataFrame, preset: str) -> list[str]:
         if table.is_figure
         else "Cells: reproduced (paper, reproduced - paper); n/a: not readable in the paper."
     ]
+    notes += [f"Setup: {table.note}"] if table.note else []
     notes += [
         f"Note on row {rec['row']}: {rec['note']}"
         for rec in frame.to_dict("records")

@@ -55,6 +55,27 @@ def test_missing_data_root_is_one_line_and_exit_2(tmp_path):
     assert "does not exist" in lines[0] and "seesaw data synth" in lines[0]
 
 
+@pytest.mark.parametrize("dry_run", [("--dry-run",), ()])
+def test_missing_test_dev_files_stop_the_plan_before_anything_runs(tmp_path, dry_run):
+    data = tmp_path / "lvis"
+    for folder in ("annotations", "train2017", "val2017"):
+        (data / folder).mkdir(parents=True)
+    for split in ("train", "val"):
+        (data / "annotations" / f"lvis_v1_{split}.json").write_text("{}")
+    args = ("repro", "table1", "--preset", "paper", "--data-root", str(data), *dry_run)
+    result = _seesaw(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(data) in lines[0]
+    assert "annotations/lvis_v1_image_info_test_dev.json, test2017" in lines[0]
+    assert result.stdout == "" and not (tmp_path / "seesaw-work").exists()
+    # Table 2 has no test-dev row: the same data root is enough for it
+    result = _seesaw(
+        "repro", "table2", "--preset", "paper", "--data-root", str(data), "--dry-run", cwd=tmp_path
+    )
+    assert result.returncode == 0 and result.stdout.count("trains from the start") == 6
+
+
 def test_unknown_preset_is_exit_2(tmp_path):
     result = runner.invoke(
         app, ["report", "table2", "--preset", "huge", "--work-dir", str(tmp_path)]
@@ -86,6 +107,36 @@ def test_bad_value_in_recipe_is_exit_2(tmp_path, monkeypatch):
     assert "sampler = 'uniform'" in result.output
 
 
+@pytest.mark.parametrize(
+    "row,expected",
+    [
+        ('same_as = "table02:b"\nsampler = "random"', "has same_as, so it may set nothing else"),
+        ('same_as = "table02:zz"', "same_as 'table02:zz' names no lvis row; table02's rows: b"),
+        ('same_as = "figure09:a"', "same_as rows refer in a circle: figure09 -> figure09"),
+        ('same_as = "table77:a"', "no recipe for 'table77'"),
+    ],
+)
+def test_bad_same_as_row_is_one_line_and_exit_2(tmp_path, monkeypatch, row, expected):
+    (tmp_path / "table02.toml").write_text('title = "t"\n[[rows]]\nkey = "b"\n')
+    (tmp_path / "figure09.toml").write_text(f'title = "f"\n[[rows]]\nkey = "a"\n{row}\n')
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    result = runner.invoke(app, ["plan", "figure9"], terminal_width=400)
+    assert result.exit_code == 2
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_same_as_row_is_the_other_recipes_row(tmp_path):
+    (tmp_path / "table02.toml").write_text(
+        'title = "t"\n[defaults]\nsampler = "random"\n[[rows]]\nkey = "b"\nq = 1.5\n'
+    )
+    (tmp_path / "figure09.toml").write_text(
+        'title = "f"\n[[rows]]\nkey = "a"\nsame_as = "table02:b"\n'
+    )
+    figure = recipes.load_table("figure9", tmp_path)
+    assert figure.rows[0].spec == recipes.load_table("table2", tmp_path).rows[0].spec
+    assert figure.rows[0].key == "a" and figure.rows[0].spec.q == 1.5
+
+
 def test_report_before_any_run_marks_rows_planned(tmp_path):
     result = runner.invoke(
         app, ["report", "table2", "--work-dir", str(tmp_path)], terminal_width=250
@@ -109,8 +160,8 @@ def test_plan_all_counts_rows_runs_and_cost(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = result.stdout.strip().splitlines()[-1]
     # Tables 1-9: 68 rows, 62 runs; 10-11: 15 rows, 14 runs (q = 1 is in both); 12: 12, 12;
-    # 13: 3, 3
-    assert summary.startswith("98 table rows and 20 figure rows, 91 distinct runs, estimated ")
+    # 13: 3, 3; the figures' runs are Table 1's
+    assert summary.startswith("98 table rows and 20 figure rows, 87 distinct runs, estimated ")
     assert "GPU-hours" in summary
 
 

@@ -2,12 +2,10 @@
 
 import csv
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.recipes import PAPER_DIR, known_tables, load_table
 from seesaw_repro.report import metrics_of
 
@@ -72,15 +70,33 @@ def test_figures_are_recipes_whose_runs_are_the_tables_and_have_no_numbers(tmp_p
 
     figure3 = load_table("fig 3")
     assert figure3.name == "figure03" and figure3.is_figure
-    assert all(row.spec.gradient_stats for row in figure3.rows)
     frame = compare(figure3, "tiny", tmp_path)
     assert list(frame.row) == ["ce", "seesaw"] and frame.AP_paper.isna().all()
-    table1 = {run.run_id for run in plan(load_table("table1"), "paper")}
+    table1 = plan(load_table("table1"), "paper")
     figure4 = plan(load_table("figure4"), "paper")
-    assert len(figure4) == 16 and {run.run_id for run in figure4} <= table1
-    # Figure 1's runs are Table 2's CE and full Seesaw rows with the accuracy recorded.
-    table2 = {run.run_id for run in plan(load_table("table2"), "paper")}
-    figure1 = plan(load_table("figure1"), "paper")
-    assert {run.run_id for run in figure1}.isdisjoint(table2)
-    untouched = [replace(run.spec, classification_accuracy=False) for run in figure1]
-    assert {run_id(resolve(spec, "paper")) for spec in untouched} <= table2
+    assert len(figure4) == 16 and {run.run_id for run in figure4} <= {r.run_id for r in table1}
+    # Figures 1 and 3 are Appendix B's models: Table 1's random-sampler Mask R-CNN CE and
+    # Seesaw runs (R-101, 2x), which record both figures' statistics.
+    appendix_b = [
+        r for r in table1 if {"table01:mask_random_ce", "table01:mask_random_seesaw"} & set(r.rows)
+    ]
+    for figure in ("figure1", "figure3"):
+        assert [r.run_id for r in plan(load_table(figure), "paper")] == [
+            r.run_id for r in appendix_b
+        ]
+    for run in appendix_b:
+        spec = run.spec
+        assert (spec.model, spec.backbone, spec.sampler, spec.schedule) == (
+            "mask_rcnn",
+            "r101",
+            "random",
+            "2x",
+        )
+        assert spec.gradient_stats and spec.classification_accuracy
+        hooks = {hook["type"] for hook in run.config["custom_hooks"]}
+        assert {"GradientStatsHook", "ClassificationAccuracyHook"} <= hooks
+    # Table 1's CE is standard Mask R-CNN's (C + 1 softmax); Table 2's has the objectness branch.
+    ce = next(r for r in appendix_b if "table01:mask_random_ce" in r.rows)
+    assert ce.config["model"]["roi_head"]["bbox_head"]["loss_cls"]["objectness"] is False
+    table2_ce = load_table("table2").rows[0].spec
+    assert table2_ce.objectness and not (table2_ce.mitigation or table2_ce.compensation)

@@ -125,14 +125,27 @@ def test_collect_gives_one_tidy_row_per_run_row_and_metric(work):
     assert len(failed) == 1 and failed.value.isna().all()
 
 
-def test_figure3_from_two_trained_runs(tmp_path, quick_data, with_quick_preset):
-    runs = plan(load_table("figure3"), with_quick_preset.name)
+def test_figures_1_3_and_4_from_table1s_random_sampler_runs(
+    tmp_path, quick_data, with_quick_preset
+):
+    # Figure 4's Mask R-CNN random-sampler panel: CE, EQL, BAGS, Seesaw; its CE and Seesaw
+    # runs are Figures 1 and 3's too (Appendix B's models), trained once here for all three.
+    runs = [
+        r
+        for r in plan(load_table("figure4"), with_quick_preset.name)
+        if r.rows[0].startswith("figure04:mask_random_")
+    ]
+    assert len(runs) == 4
+    for figure in ("figure1", "figure3"):
+        ids = [r.run_id for r in plan(load_table(figure), with_quick_preset.name)]
+        assert ids == [r.run_id for r in runs if r.rows[0].endswith(("_ce", "_seesaw"))]
     assert run_local(runs, tmp_path, quick_data, jobs=2) == {r.run_id: "done" for r in runs}
-    run_dirs = {
-        label: RunDir(tmp_path, r.run_id).path
-        for label, r in zip(("CE", "Seesaw"), runs, strict=True)
-    }
+    methods = {r.rows[0].rsplit("_", 1)[1]: RunDir(tmp_path, r.run_id).path for r in runs}
+    assert sorted(methods) == ["bags", "ce", "eql", "seesaw"]
     train = quick_data / "annotations" / "lvis_v1_train.json"
+    run_dirs = {"CE": methods["ce"], "Seesaw": methods["seesaw"]}
+
+    # Figure 3: the gradient ratios, categories by training instances
     written = plots.plot_gradient_ratios(run_dirs, train, tmp_path / "fig" / "figure3")
     assert [p.suffix for p in written] == [".png", ".pdf"]
     assert written[0].read_bytes().startswith(b"\x89PNG")
@@ -146,27 +159,24 @@ def test_figure3_from_two_trained_runs(tmp_path, quick_data, with_quick_preset):
     k = categories[0]["class_index"]
     assert ratios[k] == pytest.approx(head["positive"][k] / head["negative"][k])
 
+    # Figure 1: accuracy on every val ground-truth box
+    val = json.loads((quick_data / "annotations" / "lvis_v1_val.json").read_text())
+    index = {c["id"]: k for k, c in enumerate(sorted(val["categories"], key=lambda c: c["id"]))}
+    expected = [0] * len(index)
+    for ann in val["annotations"]:
+        expected[index[ann["category_id"]]] += 1
+    for run_dir in run_dirs.values():
+        found = json.loads((run_dir / "classification_accuracy.json").read_text())
+        assert found["total"] == expected
+        assert all(0 <= c <= t for c, t in zip(found["correct"], found["total"], strict=True))
+    accuracy = plots.group_accuracy(run_dirs["CE"], train)
+    assert set(accuracy) == {"r", "c", "f"} and all(0 <= a <= 100 for a in accuracy.values())
+    written = plots.plot_tail_accuracy(run_dirs, train, tmp_path / "f1")
+    assert written[1].read_bytes().startswith(b"%PDF")
 
-def test_plot_gradients_says_which_run_is_missing(tmp_path):
-    result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "the CE run of Figure 3 (" in result.stderr and "seesaw repro figure3" in result.stderr
-
-
-def test_figure4_from_the_runs_of_one_setting(tmp_path, quick_data, with_quick_preset):
-    runs = [
-        r
-        for r in plan(load_table("figure4"), with_quick_preset.name)
-        if r.rows[0].startswith("figure04:mask_random_")
-    ]
-    assert len(runs) == 4
-    assert run_local(runs, tmp_path, quick_data, jobs=2) == {r.run_id: "done" for r in runs}
-    methods = {r.rows[0].rsplit("_", 1)[1]: RunDir(tmp_path, r.run_id).path for r in runs}
-    assert sorted(methods) == ["bags", "ce", "eql", "seesaw"]
-    train = quick_data / "annotations" / "lvis_v1_train.json"
+    # Figure 4: each run's own per-category AP
     written = plots.plot_per_category({"Mask R-CNN, random": methods}, train, tmp_path / "f4")
     assert written[0].read_bytes().startswith(b"\x89PNG") and written[0].stat().st_size > 10_000
-    # What is plotted is the evaluation's own per-category AP.
     for run_dir in methods.values():
         found = plots.per_category_ap(run_dir)
         assert len(found) == 30 and all(-1.0 <= v <= 1.0 for v in found.values())
@@ -175,25 +185,7 @@ def test_figure4_from_the_runs_of_one_setting(tmp_path, quick_data, with_quick_p
         assert 100 * sum(valid) / len(valid) == pytest.approx(segm_ap, abs=0.01)
 
 
-def test_figure1_counts_every_val_instance_and_plots(tmp_path, quick_data, with_quick_preset):
-    runs = plan(load_table("figure1"), with_quick_preset.name)
-    assert all(run.spec.classification_accuracy for run in runs)
-    assert run_local(runs, tmp_path, quick_data, jobs=2) == {r.run_id: "done" for r in runs}
-    val = json.loads((quick_data / "annotations" / "lvis_v1_val.json").read_text())
-    index = {c["id"]: k for k, c in enumerate(sorted(val["categories"], key=lambda c: c["id"]))}
-    expected = [0] * len(index)
-    for ann in val["annotations"]:
-        expected[index[ann["category_id"]]] += 1
-    run_dirs = {
-        label: RunDir(tmp_path, r.run_id).path
-        for label, r in zip(("CE", "Seesaw"), runs, strict=True)
-    }
-    for run_dir in run_dirs.values():
-        found = json.loads((run_dir / "classification_accuracy.json").read_text())
-        assert found["total"] == expected
-        assert all(0 <= c <= t for c, t in zip(found["correct"], found["total"], strict=True))
-    train = quick_data / "annotations" / "lvis_v1_train.json"
-    accuracy = plots.group_accuracy(run_dirs["CE"], train)
-    assert set(accuracy) == {"r", "c", "f"} and all(0 <= a <= 100 for a in accuracy.values())
-    written = plots.plot_tail_accuracy(run_dirs, train, tmp_path / "f1")
-    assert written[1].read_bytes().startswith(b"%PDF")
+def test_plot_gradients_says_which_run_is_missing(tmp_path):
+    result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the CE run of Figure 3 (" in result.stderr and "seesaw repro figure3" in result.stderr
