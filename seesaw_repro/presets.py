@@ -13,7 +13,6 @@ import mmdet
 from mmengine.config import Config
 
 from . import synth
-from .synth import TEST_DEV_INFO
 from .challenge import (
     DCN_V2,
     ChallengeScale,
@@ -33,6 +32,7 @@ from .methods import (
     mask_head_method,
     suite_parts,
 )
+from .synth import TEST_DEV_INFO
 
 
 @dataclass(frozen=True)
