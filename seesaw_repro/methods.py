@@ -90,6 +90,9 @@ class RunSpec(SpecFields):
     dual_head: bool = False
     # Multi-scale flip test (longer edge 1200-2000) of this spec's trained model.
     test_aug: bool = False
+    # mmengine's randomness seed: initialisation and data order. Rows of a table at one seed
+    # see the same data order, so their difference is a paired comparison.
+    seed: int = 0
 
     CHOICES = {
         "model": ("mask_rcnn", "cascade_mask_rcnn", "htc", "htc_lite"),
@@ -113,6 +116,8 @@ class RunSpec(SpecFields):
             value = getattr(self, field.name)
             if field.type == "bool" and not isinstance(value, bool):
                 raise SpecError(f"{field.name} must be true or false, not {value!r}")
+        if type(self.seed) is not int or self.seed < 0:
+            raise SpecError(f"seed must be a whole number >= 0, not {self.seed!r}")
         needs_htc_lite = {"box_head": self.box_head == "tsd", "mask_scoring": self.mask_scoring}
         for name, used in needs_htc_lite.items():
             if used and self.model != "htc_lite":
@@ -157,6 +162,7 @@ def dependencies(spec: RunSpec) -> dict[str, RunSpec]:
             nla=False,
             norm_mask=spec.norm_mask,
             tau=spec.tau,
+            seed=spec.seed,
         )
     if spec.split == "test-dev":
         return {"trained": replace(spec, split="val")}
@@ -340,9 +346,10 @@ def suite_hooks(*extra: dict) -> dict:
 
 def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
     """The suite's hooks (suite_hooks), with Figure 3's gradient statistics or Figure 1's
-    accuracy when asked for, and the LVIS evaluation of lvis_eval.py, which keeps each
-    category's AP (Figure 4)."""
+    accuracy when asked for, the LVIS evaluation of lvis_eval.py, which keeps each
+    category's AP (Figure 4), and the spec's seed."""
     return {
+        "randomness": {"seed": spec.seed},
         **suite_hooks(
             *([{"type": "GradientStatsHook"}] if spec.gradient_stats else []),
             *([{"type": "ClassificationAccuracyHook"}] if spec.classification_accuracy else []),

@@ -17,6 +17,7 @@ COLUMNS = [
     "preset",
     "table",
     "row",
+    "seed",  # mmengine's randomness seed of the run (RunSpec.seed)
     "metric",
     "value",
     "split",
@@ -48,6 +49,7 @@ def collect(work_dir: Path) -> pd.DataFrame:
                         "preset": info["preset"],
                         "table": table,
                         "row": row,
+                        "seed": info["spec"].get("seed", 0),
                         "metric": metric,
                         "value": value,
                         "split": done.get("split", info["spec"].get("split", "val")),

@@ -51,15 +51,15 @@ class PlannedRun:
     needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
 
 
-def plan(table: Table, preset: str) -> list[PlannedRun]:
-    """The distinct runs behind a table's rows, each after the runs it needs (see
-    configs.dependencies); equal configs are one run."""
-    return plan_tables([table], preset)
+def plan(table: Table, preset: str, seeds: Iterable[int] = (0,)) -> list[PlannedRun]:
+    """The distinct runs behind a table's rows at each seed, each after the runs it needs
+    (see configs.dependencies); equal configs are one run."""
+    return plan_tables([table], preset, seeds)
 
 
-def plan_tables(tables: list[Table], preset: str) -> list[PlannedRun]:
-    """The distinct runs behind several tables' rows: rows of different tables that resolve
-    to the same config are one run."""
+def plan_tables(tables: list[Table], preset: str, seeds: Iterable[int] = (0,)) -> list[PlannedRun]:
+    """The distinct runs behind several tables' rows at each seed: rows of different tables
+    that resolve to the same config are one run."""
     by_id: dict[str, PlannedRun] = {}
 
     def add(spec: configs.Spec, label: str) -> str:
@@ -75,10 +75,30 @@ def plan_tables(tables: list[Table], preset: str) -> list[PlannedRun]:
             by_id[rid] = PlannedRun(rid, preset, spec, config, (label,), needs)
         return rid
 
-    for table in tables:
-        for row in table.rows:
-            add(row.spec, f"{table.name}:{row.key}")
+    for seed in seeds:
+        for table in tables:
+            for row in table.rows:
+                add(replace(row.spec, seed=seed), f"{table.name}:{row.key}")
     return list(by_id.values())
+
+
+def seeds_in(work_dir: Path) -> list[int]:
+    """The seeds of the runs in a work dir (from their run.json), at least [0]."""
+    found = {0}
+    for info_file in (Path(work_dir) / "runs").glob("*/run.json"):
+        spec = (read_json(info_file) or {}).get("spec", {})
+        found.add(spec.get("seed", 0))
+    return sorted(found)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds`: "3" is seeds 0, 1, 2; "0,4" (or "4,") exactly those."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts) or text.strip() == "0":
+        raise UserError(f"--seeds {text!r}: give a count (3 = seeds 0, 1, 2) or seeds (0,4)")
+    if "," not in text:
+        return list(range(int(parts[0])))
+    return sorted({int(part) for part in parts})
 
 
 def server_results(result: dict | None) -> list[str]:
