@@ -42,6 +42,19 @@ PRESET = typer.Option(
 )
 
 
+SEEDS_HELP = (
+    "Seeds: a count (3 = seeds 0, 1, 2) or a list (0,4). Each row is trained at each seed; "
+    "rows at one seed share the data order, so their difference is paired."
+)
+SEEDS = typer.Option(None, "--seeds", help=SEEDS_HELP + " [default: the seeds in --work-dir]")
+
+
+def _seeds(text: str | None, work_dir: Path) -> list[int]:
+    from seesaw_repro import runs
+
+    return runs.parse_seeds(text) if text is not None else runs.seeds_in(work_dir)
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn a UserError into one line on stderr and exit code 2, without a traceback."""
 
@@ -140,6 +153,7 @@ def repro(
     wait: bool = typer.Option(
         False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
     ),
+    seeds: str = typer.Option("1", "--seeds", help=SEEDS_HELP),
 ) -> None:
     """Train and evaluate every run a table needs, then print the table beside the paper's.
 
@@ -152,7 +166,8 @@ def repro(
     if executor not in ("local", "slurm"):
         raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
     spec_table = recipes.load_table(table)
-    planned = runs.plan(spec_table, preset)
+    seed_list = runs.parse_seeds(seeds)
+    planned = runs.plan(spec_table, preset, seed_list)
     if executor == "slurm":
         options = slurm.load_options(
             profile,
@@ -206,7 +221,8 @@ def repro(
             force=force,
             gpus_per_run=gpus,
         )
-    report.render(spec_table, report.compare(spec_table, preset, work_dir), preset, Console())
+    frame = report.compare(spec_table, preset, work_dir, seed_list)
+    report.render(spec_table, frame, preset, Console())
     failed = [rid for rid, state in states.items() if state != "done"]
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
@@ -225,34 +241,72 @@ def report_command(
         "rich", "--format", help="rich (terminal), markdown, latex (a table* float) or csv."
     ),
     out: Path | None = typer.Option(None, "--out", help="Write to this file, not stdout."),
+    seeds: str | None = SEEDS,
+    view: str = typer.Option(
+        "auto",
+        "--view",
+        help="absolute (our numbers beside the paper's), effects (each row against its "
+        "baseline row, paired by seed, beside the paper's effect, with a verdict), both, or "
+        "auto: effects on the tiny preset, both on the paper preset.",
+    ),
+    claims_only: bool = typer.Option(
+        False,
+        "--claims",
+        help="List only the paper's claims about the tables, each with its verdict, and the "
+        "count per verdict.",
+    ),
 ) -> None:
-    """Show tables as the paper lays them out, each cell "reproduced (paper, delta)".
+    """Show tables as the paper lays them out, then what the paper claims of them.
 
-    Runs not finished yet are marked with their state, so it works while runs are in flight.
+    On generated data (tiny preset) each row is shown as its effect against its baseline
+    row, paired by seed, beside the paper's effect, with a verdict; on the paper preset the
+    absolute numbers beside the paper's come first. Runs not finished yet are marked with
+    their state, so it works while runs are in flight.
     """
+    import pandas as pd
+
     from seesaw_repro import report, runs, slurm
-    from seesaw_repro.files import write_text_atomic
 
     if fmt not in report.FORMATS:
         raise UserError(f"unknown --format {fmt!r}: use one of {', '.join(report.FORMATS)}")
+    if view not in report.VIEWS:
+        raise UserError(f"unknown --view {view!r}: use one of {', '.join(report.VIEWS)}")
     tables = _tables(table)
-    planned = runs.plan_tables(tables, preset)
+    seed_list = _seeds(seeds, work_dir)
+    planned = runs.plan_tables(tables, preset, seed_list)
     # Runs whose Slurm job ended without a word (killed, out of time) are marked first.
     slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in planned])
-    frames = [(t, report.compare(t, preset, work_dir)) for t in tables]
+    frames = [(t, report.compare(t, preset, work_dir, seed_list)) for t in tables]
+    if claims_only:
+        found = [report.claims(t, frame) for t, frame in frames if t.claims]
+        if not found:
+            raise UserError(f"the recipe of {table} lists no claims of the paper")
+        every = pd.concat(found, ignore_index=True)
+        if fmt == "rich":
+            screen = Console(file=io.StringIO(), width=160, record=True) if out else Console()
+            report.render_claims(every, screen, title="The paper's claims")
+            text = screen.export_text() if out else None
+        else:
+            text = report.format_claims(every, fmt)
+        _write_or_print(text, out)
+        return
     if fmt == "rich":
         screen = Console(file=io.StringIO(), width=120, record=True) if out else Console()
         for spec_table, frame in frames:
-            report.render(spec_table, frame, preset, screen)
-        if out:
-            write_text_atomic(out, screen.export_text())
-            console.print(f"wrote {out}")
+            report.render(spec_table, frame, preset, screen, view)
+        _write_or_print(screen.export_text() if out else None, out)
         return
-    text = report.format_text(frames, preset, fmt)
+    _write_or_print(report.format_text(frames, preset, fmt, view), out)
+
+
+def _write_or_print(text: str | None, out: Path | None) -> None:
+    """Write `text` to `out`, or print it (None: already printed)."""
+    from seesaw_repro.files import write_text_atomic
+
     if out:
         write_text_atomic(out, text)
         console.print(f"wrote {out}")
-    else:
+    elif text is not None:
         typer.echo(text, nl=False)
 
 
@@ -285,18 +339,20 @@ def status(
     table: str = typer.Argument("all", help="A table or figure (table2, figure3), or 'all'."),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
+    seeds: str | None = SEEDS,
 ) -> None:
-    """Show the state of every run a table needs: state, progress, host, process, times."""
+    """Show the state of every run a table needs: seed, state, progress, host, process, times."""
     from rich.table import Table as RichTable
 
     from seesaw_repro import runs, slurm
 
-    planned = runs.plan_tables(_tables(table), preset)
+    planned = runs.plan_tables(_tables(table), preset, _seeds(seeds, work_dir))
     run_dirs = [runs.RunDir(work_dir, run.run_id) for run in planned]
     live = slurm.refresh(run_dirs)
     out = RichTable(title=f"Runs of {table}, preset {preset}, in {work_dir}")
     out.add_column("run", no_wrap=True)
     out.add_column("rows", overflow="fold")
+    out.add_column("seed", justify="right")
     out.add_column("state")
     out.add_column("progress", justify="right")
     out.add_column("where, when", overflow="fold")
@@ -316,6 +372,7 @@ def status(
         out.add_row(
             run.run_id,
             "\n".join(run.rows),
+            str(run.spec.seed),
             state["state"] + reason,
             f"{progress['iter']}/{progress['max_iters']}" if progress else "",
             ", ".join(part for part in (where, times) if part),
@@ -329,6 +386,7 @@ def cancel(
     table: str = typer.Argument("all", help="A table or figure (table2, figure3), or 'all'."),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
+    seeds: str | None = SEEDS,
 ) -> None:
     """Stop the runs of a table that train on this machine or are queued in Slurm.
 
@@ -338,7 +396,7 @@ def cancel(
     from seesaw_repro import executors, runs, slurm
 
     stopped = []
-    for run in runs.plan_tables(_tables(table), preset):
+    for run in runs.plan_tables(_tables(table), preset, _seeds(seeds, work_dir)):
         run_dir = runs.RunDir(work_dir, run.run_id)
         if executors.cancel_local(run_dir) or (
             run_dir.status().get("executor") == "slurm" and slurm.cancel(run_dir)
@@ -362,6 +420,7 @@ def _tables(table: str) -> list:
 def plan(
     table: str = typer.Argument(..., help="A table or figure (table9, figure3), or 'all'."),
     preset: str = PRESET,
+    seeds: str = typer.Option("1", "--seeds", help=SEEDS_HELP),
 ) -> None:
     """List the runs a table needs, what each needs first, and their estimated cost.
 
@@ -373,12 +432,14 @@ def plan(
     from seesaw_repro import configs, runs
 
     tables = _tables(table)
-    planned = runs.plan_tables(tables, preset)
+    seed_list = runs.parse_seeds(seeds)
+    planned = runs.plan_tables(tables, preset, seed_list)
     cost_unit = configs.preset_for("lvis", preset).cost_unit  # the same for every task
     out = RichTable(title=f"Runs for {table}, preset {preset}")
     out.add_column("run", no_wrap=True)
     out.add_column("model")
     out.add_column("rows", overflow="fold")
+    out.add_column("seed", justify="right")
     out.add_column("needs", no_wrap=True)
     out.add_column(cost_unit, justify="right")
     total = 0.0
@@ -386,13 +447,15 @@ def plan(
         cost = configs.preset_for(configs.task_of(run.spec), preset).cost(run.spec)
         total += cost
         rows = "\n".join(run.rows)
-        out.add_row(run.run_id, run.spec.summary, rows, " ".join(run.needs), f"{cost:.1f}")
+        needs = " ".join(run.needs)
+        out.add_row(run.run_id, run.spec.summary, rows, str(run.spec.seed), needs, f"{cost:.1f}")
     Console().print(out)
     table_rows = sum(len(t.rows) for t in tables if not t.is_figure)
     figure_rows = sum(len(t.rows) for t in tables if t.is_figure)
+    at_seeds = f" at {len(seed_list)} seeds" if len(seed_list) > 1 else ""
     typer.echo(
-        f"{table_rows} table rows and {figure_rows} figure rows, {len(planned)} distinct runs, "
-        f"estimated {total:,.0f} {cost_unit} in all."
+        f"{table_rows} table rows and {figure_rows} figure rows{at_seeds}, {len(planned)} "
+        f"distinct runs, estimated {total:,.0f} {cost_unit} in all."
     )
 
 

@@ -9,6 +9,8 @@ field of the task's spec (RunSpec for the LVIS tables, ClassificationSpec for `t
 
 from __future__ import annotations
 
+import csv
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -22,7 +24,8 @@ from .methods import RunSpec, SpecError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPE_DIR = REPO_ROOT / "recipes"
 PAPER_DIR = REPO_ROOT / "results" / "paper"
-ROW_META_KEYS = {"key", "same_as"}
+ROW_META_KEYS = {"key", "same_as", "baseline"}
+CLAIM_KEYS = {"says", "row", "versus", "metric", "paper_effect"}
 
 
 class RecipeError(UserError):
@@ -35,6 +38,20 @@ class Row:
 
     key: str
     spec: RunSpec | ClassificationSpec
+    baseline: str = ""  # the row key its effects are measured against ("" = none)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the paper's text says of its table: row vs versus on a metric. Its effect is
+    the table's (row - versus in results/paper); where a cell is unreadable, the text's
+    number (paper_effect), else none."""
+
+    says: str  # the paper's words, with where they stand
+    row: str
+    versus: str
+    metric: str
+    paper_effect: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,7 @@ class Table:
     task: str = "lvis"  # or "imagenet_lt" (Tables 10-11)
     extra_metrics: tuple[str, ...] = ()  # beyond the task's, e.g. ("fps",) in Table 13
     note: str = ""  # a reading of the paper the report states under the table
+    claims: tuple[Claim, ...] = ()
 
     @property
     def paper_csv(self) -> Path:
@@ -108,6 +126,7 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
     # Table 12 adds one thing per row: with `cumulative = true`, a row starts from the
     # settings of the row before it, not from the defaults alone.
     cumulative = data.get("cumulative", False)
+    table_baseline = data.get("baseline", "")
     base, rows, seen = defaults, [], set()
     for index, row in enumerate(data["rows"], start=1):
         where = f"row {index}"
@@ -130,7 +149,14 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
                 raise RecipeError(f"{path}: {where}: {err}") from err
         if cumulative:
             base = {**base, **settings}
-        rows.append(Row(key=row["key"], spec=spec))
+        baseline = row.get("baseline", table_baseline)
+        rows.append(
+            Row(key=row["key"], spec=spec, baseline="" if baseline == row["key"] else baseline)
+        )
+    keys = [row.key for row in rows]
+    for row in rows:
+        if row.baseline and row.baseline not in keys:
+            raise RecipeError(f"{path}: row {row.key}'s baseline {row.baseline!r} is not a row")
     return Table(
         name=stem,
         title=data["title"],
@@ -140,7 +166,29 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
         task=task,
         extra_metrics=tuple(_extra_metrics(path, data.get("extra_metrics", []))),
         note=data.get("note", ""),
+        claims=tuple(_claims(path, data.get("claims", []), keys, stem)),
     )
+
+
+def _claims(path: Path, entries: list, keys: list[str], stem: str) -> list[Claim]:
+    """A recipe's [[claims]], checked: every key known, rows of the recipe or of the
+    paper's table (a row the suite cannot run makes its claim "not run")."""
+    paper_csv = PAPER_DIR / f"{stem}.csv"
+    paper_rows = []
+    if paper_csv.exists():
+        with open(paper_csv, newline="") as f:
+            paper_rows = [line["row"] for line in csv.DictReader(f)]
+    claims = []
+    for index, entry in enumerate(entries, start=1):
+        where = f"{path}: claim {index}"
+        if not isinstance(entry, dict) or not {"says", "row", "versus", "metric"} <= set(entry):
+            raise RecipeError(f"{where} needs says, row, versus and metric")
+        _check_keys(path, f"claim {index}", entry, CLAIM_KEYS)
+        for name in ("row", "versus"):
+            if entry[name] not in keys and entry[name] not in paper_rows:
+                raise RecipeError(f"{where}: {name} {entry[name]!r} is not a row of {stem}")
+        claims.append(Claim(**{k: v for k, v in entry.items()}))
+    return claims
 
 
 def _same_as(

@@ -139,12 +139,13 @@ def test_same_as_row_is_the_other_recipes_row(tmp_path):
 
 def test_report_before_any_run_marks_rows_planned(tmp_path):
     result = runner.invoke(
-        app, ["report", "table2", "--work-dir", str(tmp_path)], terminal_width=250
+        app, ["report", "table2", "--work-dir", str(tmp_path)], env={"COLUMNS": "250"}
     )
     assert result.exit_code == 0, result.output
     assert "Table 2" in result.output
     assert result.output.count("planned") >= 6
-    assert "26.4" in result.output  # the paper's number for the full Seesaw row
+    assert "- (+2.7)" in result.output  # the paper's effect of the full Seesaw row: 26.4 - 23.7
+    assert "6 claims: 6 not run" in result.output
 
 
 def test_data_synth_writes_an_lvis_dataset(tmp_path):

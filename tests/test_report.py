@@ -55,15 +55,26 @@ def test_csv_report_carries_the_metrics_json_values(work):
 
 
 def test_markdown_report_lays_out_the_paper_table(work):
-    result = _seesaw("report", "table2", "--format", "markdown", "--work-dir", "w", cwd=work)
+    args = ("report", "table2", "--format", "markdown", "--work-dir", "w")
+    result = _seesaw(*args, "--view", "absolute", cwd=work)
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    absolute = result.stdout.split("**Table 2")[1]  # then the claims
+    lines = [line for line in absolute.splitlines() if line.startswith("|")]
     assert len(lines) == 2 + 6
     assert all(line.count("|") == lines[0].count("|") for line in lines)
     assert "| 12.3 (23.7, -11.4) | 1.5 (n/a) |" in lines[2]
     assert "failed (25.1)" in lines[3]
     assert "31.0 (26.4, +4.6)" in lines[7]
     assert "- Preset 'tiny'" in result.stdout
+    # the tiny preset's default: each row against CE, then the paper's claims
+    result = _seesaw(*args, cwd=work)
+    tables = result.stdout.split("**Table 2")
+    effects = [line for line in tables[1].splitlines() if line.startswith("|")]
+    assert "| ✓ | ✓ | ✓ | ce | +18.7 n=1 (+2.7) |" in effects[7]
+    assert "| 12.3 | 1.5 |" in effects[2]  # CE itself, the baseline
+    claims = [line for line in tables[2].splitlines() if line.startswith("|")]
+    assert len(claims) == 2 + len(load_table("table2").claims)
+    assert "| mf_cf_nla vs ce, AP | +2.7 | +18.7 n=1 | one seed |" in "".join(claims)
 
 
 def test_latex_report_of_every_table_compiles(work):
@@ -74,13 +85,13 @@ def test_latex_report_of_every_table_compiles(work):
     assert result.returncode == 0, result.stderr
     tex = out.read_text()
     floats = tex.count(r"\begin{table*}")
-    # Tables 1-13, Figures 1, 3 and 4
-    assert floats == tex.count(r"\end{table*}") == tex.count(r"\begin{tabular}") == 16
-    for block in re.findall(r"\\begin\{tabular\}\{(\w+)\}(.*?)\\end\{tabular\}", tex, re.S):
-        spec, body = block
+    # Tables 1-13 (their effects) and Figures 1, 3 and 4, then the claims of Tables 1-13
+    assert floats == tex.count(r"\end{table*}") == tex.count(r"\begin{tabular}") == 16 + 13
+    for spec, body in re.findall(r"\\begin\{tabular\}\{([^\n]+)\}\n(.*?)\\end\{tabular\}", tex, re.S):
+        columns = len(re.sub(r"p\{[^}]*\}", "p", spec))
         rows = [r for r in body.split("\n") if r.endswith(r"\\")]
-        assert rows and all(r.count(" & ") == len(spec) - 1 for r in rows), spec
-    assert "12.3 (23.7, -11.4)" in tex and r"AP\_r" in tex
+        assert rows and all(r.count(" & ") == columns - 1 for r in rows), spec
+    assert "+18.7 n=1 (+2.7)" in tex and r"AP\_r" in tex and "±" not in tex
     if shutil.which("pdflatex") is None:  # .ci/run installs it; the structure is checked above
         return
     (work / "doc.tex").write_text(
