@@ -87,7 +87,8 @@ def test_latex_report_of_every_table_compiles(work):
     floats = tex.count(r"\begin{table*}")
     # Tables 1-13 (their effects) and Figures 1, 3 and 4, then the claims of Tables 1-13
     assert floats == tex.count(r"\end{table*}") == tex.count(r"\begin{tabular}") == 16 + 13
-    for spec, body in re.findall(r"\\begin\{tabular\}\{([^\n]+)\}\n(.*?)\\end\{tabular\}", tex, re.S):
+    tabulars = r"\\begin\{tabular\}\{([^\n]+)\}\n(.*?)\\end\{tabular\}"
+    for spec, body in re.findall(tabulars, tex, re.S):
         columns = len(re.sub(r"p\{[^}]*\}", "p", spec))
         rows = [r for r in body.split("\n") if r.endswith(r"\\")]
         assert rows and all(r.count(" & ") == columns - 1 for r in rows), spec
