@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from seesaw_repro.errors import UserError
 
@@ -29,10 +30,18 @@ plot_app = typer.Typer(help="The paper's figures from finished runs, as PNG and 
 app.add_typer(plot_app, name="plot", no_args_is_help=True)
 console = Console(stderr=True)
 
+def _work_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        console.print(f"[red]error:[/] --work-dir {escape(str(path))} is a file, not a folder")
+        raise typer.Exit(2)
+    return path
+
+
 WORK_DIR = typer.Option(
     Path("seesaw-work"),
     "--work-dir",
     envvar="SEESAW_WORK_DIR",
+    callback=_work_dir,
     help="Where runs (one folder per distinct config) and generated data are kept.",
 )
 PRESET = typer.Option(
@@ -63,7 +72,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except UserError as err:
-            console.print(f"[red]error:[/] {err}", soft_wrap=True, highlight=False)
+            console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -76,6 +76,23 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(tmp_path, dry
     assert result.returncode == 0 and result.stdout.count("trains from the start") == 6
 
 
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (("status", "table2", "--work-dir", "afile"), "--work-dir afile is a file, not a folder"),
+        (("plan", "[red]table2"), "'[red]table2' is not a table or figure name"),  # not markup
+        (("plan", "table2", "--seeds", "x"), "--seeds 'x': give a count"),
+        (("report", "table2", "--view", "wide"), "unknown --view 'wide'"),
+    ],
+)
+def test_bad_input_is_one_line_with_the_users_text(tmp_path, args, expected):
+    (tmp_path / "afile").write_text("")
+    result = _seesaw(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected}")
+
+
 def test_unknown_preset_is_exit_2(tmp_path):
     result = runner.invoke(
         app, ["report", "table2", "--preset", "huge", "--work-dir", str(tmp_path)]
