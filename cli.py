@@ -30,6 +30,7 @@ plot_app = typer.Typer(help="The paper's figures from finished runs, as PNG and 
 app.add_typer(plot_app, name="plot", no_args_is_help=True)
 console = Console(stderr=True)
 
+
 def _work_dir(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         console.print(f"[red]error:[/] --work-dir {escape(str(path))} is a file, not a folder")

@@ -130,8 +130,8 @@ def _with_effects(table: Table, frame: pd.DataFrame, paper: pd.DataFrame) -> pd.
             else verdicts.Effect(0)
             for row, base in zip(frame.row, frame.baseline, strict=True)
         ]
-        papers = [
-            paper.at[row, metric] - paper.at[base, metric] if base else math.nan
+        papers = [  # the paper prints one decimal: so do its differences
+            round(paper.at[row, metric] - paper.at[base, metric], 1) if base else math.nan
             for row, base in zip(frame.row, frame.baseline, strict=True)
         ]
         frame[f"{metric}_effect"] = [e.mean for e in effects]
@@ -158,7 +158,9 @@ def claims(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
         effect = verdicts.paired_effect(
             values[claim.row][claim.metric], values[claim.versus][claim.metric]
         )
-        from_table = paper.at[claim.row, claim.metric] - paper.at[claim.versus, claim.metric]
+        from_table = round(
+            paper.at[claim.row, claim.metric] - paper.at[claim.versus, claim.metric], 1
+        )
         paper_effect = claim.paper_effect if math.isnan(from_table) else from_table
         unrunnable = [k for k in (claim.row, claim.versus) if k not in {r.key for r in table.rows}]
         records.append(
