@@ -75,7 +75,7 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
         record = {"row": key, "run_id": "", "state": "not run", "batch": math.nan}
         values: dict[str, dict[int, float]] = {metric: {} for metric in metrics_of(table)}
         if row is not None:
-            states = []
+            states, devices, server_files = [], set(), []
             for seed in seeds:
                 spec = replace(row.spec, seed=seed)
                 rid = configs.run_id(configs.resolve(spec, preset))
@@ -88,12 +88,15 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
                         values[metric][seed] = value
                 record["batch"] = result.get("batch") or record["batch"]
                 if "fps" in table.extra_metrics and result.get("speed_device"):
-                    note = f"{note} FPS measured on {result['speed_device']}.".strip()
-                server_files = server_results(result)
-                if server_files:
+                    devices.add(result["speed_device"])
+                if server_results(result):
                     states[-1] = "server"
-                    note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."
+                    server_files += server_results(result)
             record["state"] = _state(states)
+            if devices:
+                note = f"{note} FPS measured on {', '.join(sorted(devices))}."
+            if server_files:
+                note = f"{note} Result files for the LVIS server: {', '.join(server_files)}."
         record.update({col: paper.at[key, col] for col in table.columns})
         record["baseline"] = row.baseline if row is not None else ""
         for metric in metrics_of(table):
@@ -235,26 +238,20 @@ def views(table: Table, preset: str, view: str = "auto") -> list[str]:
     return ["absolute", "effects"] if view == "both" else [view]
 
 
-def _measured(rec: dict, metric: str) -> str:
-    ours, sd, n = (rec[f"{metric}_{k}"] for k in ("repro", "sd", "n"))
-    if n > 1:
-        return f"{ours:.1f} ± {sd:.1f} ({n})"
-    return f"{ours:.1f}"
-
-
 def _cell(rec: dict, metric: str, figure: bool, markup: bool) -> str:
     ours, theirs, delta = (rec[f"{metric}_{k}"] for k in ("repro", "paper", "delta"))
+    measured = verdicts.summary(rec["values"][metric])  # "" when not measured
     if figure:  # nothing to compare with
-        return rec["state"] if math.isnan(ours) else _measured(rec, metric)
+        return measured or rec["state"]
     paper = "n/a" if math.isnan(theirs) else f"{theirs:.1f}"
     if math.isnan(ours):
         return f"[dim]{rec['state']} ({paper})[/]" if markup else f"{rec['state']} ({paper})"
     if math.isnan(delta):
-        return f"{_measured(rec, metric)} ({paper})"
+        return f"{measured} ({paper})"
     sign = f"{delta:+.1f}"
     if markup:
         sign = f"[{'green' if delta >= 0 else 'red'}]{sign}[/]"
-    return f"{_measured(rec, metric)} ({paper}, {sign})"
+    return f"{measured} ({paper}, {sign})"
 
 
 def _effect_cell(rec: dict, metric: str, markup: bool) -> str:
