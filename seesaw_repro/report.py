@@ -230,7 +230,7 @@ def views(table: Table, preset: str, view: str = "auto") -> list[str]:
     where absolute numbers say nothing; absolute numbers, then effects, on the paper's
     setup). A table without baselines has only its absolute numbers."""
     if view not in VIEWS:
-        raise RecipeError(f"unknown view {view!r}: use one of {', '.join(VIEWS)}")
+        raise RecipeError(f"unknown --view {view!r}: use one of {', '.join(VIEWS)}")
     if not any(row.baseline for row in table.rows):
         return ["absolute"]
     if view == "auto":
