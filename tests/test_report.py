@@ -137,6 +137,7 @@ def test_collect_gives_one_tidy_row_per_run_row_and_metric(work):
     assert len(failed) == 1 and failed.value.isna().all()
 
 
+@pytest.mark.slow  # trains four runs
 def test_figures_1_3_and_4_from_table1s_random_sampler_runs(
     tmp_path, quick_data, with_quick_preset
 ):
