@@ -187,7 +187,7 @@ def _claims(path: Path, entries: list, keys: list[str], stem: str) -> list[Claim
         for name in ("row", "versus"):
             if entry[name] not in keys and entry[name] not in paper_rows:
                 raise RecipeError(f"{where}: {name} {entry[name]!r} is not a row of {stem}")
-        claims.append(Claim(**{k: v for k, v in entry.items()}))
+        claims.append(Claim(**entry))
     return claims
 
 

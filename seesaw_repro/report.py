@@ -127,16 +127,11 @@ def _with_effects(table: Table, frame: pd.DataFrame, paper: pd.DataFrame) -> pd.
     its interval) and the paper's (row - baseline in results/paper), and the verdict."""
     values = dict(zip(frame.row, frame["values"], strict=True))
     for metric in metrics_of(table):
-        effects = [
-            verdicts.paired_effect(values[row][metric], values[base][metric])
-            if base
-            else verdicts.Effect(0)
+        pairs = [
+            _versus(values, paper, row, base, metric) if base else (math.nan, verdicts.Effect(0))
             for row, base in zip(frame.row, frame.baseline, strict=True)
         ]
-        papers = [  # the paper prints one decimal: so do its differences
-            round(paper.at[row, metric] - paper.at[base, metric], 1) if base else math.nan
-            for row, base in zip(frame.row, frame.baseline, strict=True)
-        ]
+        papers, effects = [p for p, _ in pairs], [e for _, e in pairs]
         frame[f"{metric}_effect"] = [e.mean for e in effects]
         frame[f"{metric}_low"] = [e.low for e in effects]
         frame[f"{metric}_high"] = [e.high for e in effects]
@@ -149,6 +144,15 @@ def _with_effects(table: Table, frame: pd.DataFrame, paper: pd.DataFrame) -> pd.
     return frame
 
 
+def _versus(
+    values: dict, paper: pd.DataFrame, row: str, versus: str, metric: str
+) -> tuple[float, verdicts.Effect]:
+    """The paper's effect of `row` over `versus` on `metric` (at the one decimal the paper
+    prints) and ours, paired by seed from `values` ({row: {metric: {seed: value}}})."""
+    theirs = round(paper.at[row, metric] - paper.at[versus, metric], 1)
+    return theirs, verdicts.paired_effect(values[row][metric], values[versus][metric])
+
+
 def claims(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
     """The paper's claims about a table (its recipe's [[claims]]) with our paired effect,
     from `compare`'s frame, and a verdict each. A claim on a row the suite does not run is
@@ -158,12 +162,7 @@ def claims(table: Table, frame: pd.DataFrame) -> pd.DataFrame:
     notes = dict(zip(frame.row, frame.note, strict=True))
     records = []
     for claim in table.claims:
-        effect = verdicts.paired_effect(
-            values[claim.row][claim.metric], values[claim.versus][claim.metric]
-        )
-        from_table = round(
-            paper.at[claim.row, claim.metric] - paper.at[claim.versus, claim.metric], 1
-        )
+        from_table, effect = _versus(values, paper, claim.row, claim.versus, claim.metric)
         paper_effect = claim.paper_effect if math.isnan(from_table) else from_table
         unrunnable = [k for k in (claim.row, claim.versus) if k not in {r.key for r in table.rows}]
         records.append(

@@ -94,11 +94,11 @@ def seeds_in(work_dir: Path) -> list[int]:
 def parse_seeds(text: str) -> list[int]:
     """`--seeds`: "3" is seeds 0, 1, 2; "0,4" (or "4,") exactly those."""
     parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or not all(part.isdigit() for part in parts) or text.strip() == "0":
-        raise UserError(f"--seeds {text!r}: give a count (3 = seeds 0, 1, 2) or seeds (0,4)")
-    if "," not in text:
-        return list(range(int(parts[0])))
-    return sorted({int(part) for part in parts})
+    if parts and all(part.isdigit() for part in parts):
+        seeds = sorted({int(p) for p in parts}) if "," in text else list(range(int(parts[0])))
+        if seeds:
+            return seeds
+    raise UserError(f"--seeds {text!r}: give a count (3 = seeds 0, 1, 2) or seeds (0,4)")
 
 
 def server_results(result: dict | None) -> list[str]:
