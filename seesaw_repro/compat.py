@@ -1,13 +1,20 @@
-"""Fixes for today's stack, each in one place: lvis-api's np.float, mmengine's torch.load,
-instaboostfast's ragged contours.
+"""Fixes for today's stack, each in one place: lvis-api's np.float, mmengine's torch.load
+(safely: weights only), instaboostfast's ragged contours.
 
 `apply()` is idempotent and is called by every entry point that trains or evaluates
 (the job, the plugin module that mmdet configs import, the evaluator).
 """
 
+import pickle
+import re
+from typing import Any
+
 import numpy as np
 import torch
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from .errors import UserError
 
 
 def _restore_numpy_float_alias() -> None:
@@ -17,14 +24,49 @@ def _restore_numpy_float_alias() -> None:
         np.float = float  # type: ignore[attr-defined]
 
 
-def load_from_local_trusted(filename: str, map_location: str | None) -> dict:
-    """Load a local checkpoint written by mmengine, allowing its pickled training state.
+def _checkpoint_globals() -> list:
+    """What an mmengine checkpoint pickles besides tensors and builtins: its message hub's
+    HistoryBuffer of numpy arrays (the functions numpy rebuilds arrays, scalars and dtypes
+    with, taken from numpy itself so that any numpy version names its own)."""
+    dtypes = {type(np.dtype(code)) for code in np.typecodes["All"] if code not in "OV"}
+    return [
+        HistoryBuffer,
+        np.ndarray,
+        np.dtype,
+        np.zeros(1).__reduce__()[0],  # numpy's _reconstruct
+        np.float64(0).__reduce__()[0],  # numpy's scalar
+        *dtypes,
+    ]
 
-    mmengine 0.10.7 calls `torch.load(filename)` and torch >= 2.6 defaults to
-    `weights_only=True`, which refuses the `HistoryBuffer` and numpy objects that mmengine
-    stores in every checkpoint, so resume fails. Our checkpoints are our own files.
+
+def _history_buffer_state(self: HistoryBuffer) -> dict:
+    # mmengine's HistoryBuffer.__getstate__ adds its class's statistics functions to the
+    # pickle (as getattr(HistoryBuffer, "min"), ...), which a weights-only load must refuse:
+    # allowing getattr would let a file reach any function. Its __setstate__ puts the same
+    # functions back from the class, so leaving them out loses nothing.
+    return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
+
+
+def load_checkpoint_safely(filename: str, map_location: Any = None) -> Any:
+    """Load a checkpoint as tensors and mmengine's training state only (weights_only).
+
+    mmengine 0.10.7 calls `torch.load(filename)`; torch >= 2.6 loads weights only by default
+    and refuses mmengine's HistoryBuffer, so resuming failed. Allowing exactly what its
+    checkpoints hold keeps the protection: a file that pickles anything else (a callable
+    that would run on loading) is refused with one line.
     """
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_checkpoint_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)|but got (<[^>]+>)", str(err))
+        what = next(g for g in found.groups() if g) if found else "objects other than weights"
+        raise UserError(
+            f"refusing to load {filename}: it holds {what}, which is neither a tensor nor "
+            "mmengine's training state, and unpickling it could run code (a run's checkpoint "
+            "written before the suite loaded weights only is refused too: delete the run's "
+            "*.pth files to train it from the start)"
+        ) from None
 
 
 def _mask_to_polygons(binary_mask: np.ndarray, tolerance: float = 0) -> list[list[float]]:
@@ -57,4 +99,5 @@ def apply() -> None:
     """Install the fixes; safe to call more than once."""
     _restore_numpy_float_alias()
     _fix_instaboost_contours()
-    CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_trusted, force=True)
+    HistoryBuffer.__getstate__ = _history_buffer_state
+    CheckpointLoader.register_scheme(prefixes="", loader=load_checkpoint_safely, force=True)
