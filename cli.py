@@ -28,6 +28,10 @@ data_app = typer.Typer(help="Datasets: generate the tiny preset's long-tailed LV
 app.add_typer(data_app, name="data", no_args_is_help=True)
 plot_app = typer.Typer(help="The paper's figures from finished runs, as PNG and PDF.")
 app.add_typer(plot_app, name="plot", no_args_is_help=True)
+weights_app = typer.Typer(
+    help="Pretrained backbones: the ImageNet checkpoints the paper preset's runs start from."
+)
+app.add_typer(weights_app, name="weights", no_args_is_help=True)
 console = Console(stderr=True)
 
 
@@ -195,14 +199,14 @@ def repro(
     else:
         executors.gpu_slots(gpus, 1)  # enough GPUs here?
     specs = [run.spec for run in planned]
+    if data_root is not None or not dry_run:  # a dry run checks a given root, generates none
+        root = _data_root(spec_table.task, preset, data_root, work_dir, specs)
+    _require_pretrained(planned, work_dir, table)
     if dry_run:
-        if data_root is not None:  # check what it would train on (none is generated)
-            _data_root(spec_table.task, preset, data_root, work_dir, specs)
         for run, action in executors.triage(planned, work_dir, retry_failed, force):
             needs = f" after {', '.join(run.needs)}" if run.needs else ""
             typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
         return
-    root = _data_root(spec_table.task, preset, data_root, work_dir, specs)
     console.print(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
@@ -237,6 +241,16 @@ def repro(
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _require_pretrained(planned: list, work_dir: Path, table: str) -> None:
+    """Stop before anything is trained or submitted when a run still to train needs a
+    pretrained checkpoint that is not in the cache (its job would fail at once)."""
+    from seesaw_repro import pretrained
+    from seesaw_repro.runs import RunDir
+
+    to_train = [run for run in planned if not RunDir(work_dir, run.run_id).is_done()]
+    pretrained.require(set().union(*(pretrained.names_in(r.config) for r in to_train)), table)
 
 
 @app.command("report")
@@ -657,6 +671,34 @@ def eval_command(
     with console.status(f"Evaluating {results_file} ({iou_type}) ..."):
         found = lvis_eval.evaluate(ann, results_file, iou_type)
     typer.echo("  ".join(f"{k} {100 * found[k]:.2f}" for k in ("AP", "AP_r", "AP_c", "AP_f")))
+
+
+@weights_app.command("fetch")
+@user_errors
+def weights_fetch(
+    table: str = typer.Argument(
+        "all", help="A table or figure (table12), or 'all': fetch what its runs start from."
+    ),
+    preset: str = typer.Option(
+        "paper", "--preset", help="The preset whose runs are meant (the tiny one needs none)."
+    ),
+) -> None:
+    """Download the pretrained checkpoints a table's runs start from into the cache their jobs
+    read (torch hub's checkpoints folder; TORCH_HOME moves it). Run it where the internet is
+    reachable (a login node): jobs never download, they stop if a file is missing.
+    """
+    from seesaw_repro import pretrained, runs
+
+    planned = runs.plan_tables(_tables(table), preset)
+    names = sorted(set().union(*(pretrained.names_in(run.config) for run in planned)))
+    if not names:
+        console.print(f"the {preset} preset's runs of {table} start from no pretrained checkpoint")
+    for name in names:
+        path = pretrained.cache_path(name)
+        if not path.is_file():
+            console.print(f"{name}: downloading {pretrained.url_of(name)} to {path}")
+        pretrained.fetch(name)
+        console.print(f"{name}: in the cache at {path}")
 
 
 @data_app.command("synth")

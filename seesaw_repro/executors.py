@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -229,9 +230,10 @@ def run_local(
                     item.run_dir.set_status(state, returncode=code, ended=time.time(), **killed)
                     states[item.run.run_id] = state
                     if state != "done":
+                        reason = item.run_dir.status().get("reason", f"exit code {code}")
                         console.print(
                             f"[red]{state}[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
-                            f"exit code {code}; see {item.run_dir.log_file}"
+                            f"{escape(reason)}; see {item.run_dir.log_file}"
                         )
         except KeyboardInterrupt:
             # The jobs stop; their checkpoints stay, and the next `seesaw repro` resumes them.

@@ -24,12 +24,14 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import find_latest_checkpoint
 
+from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
 from seesaw_repro.runs import LOCK_FILE, RunDir
 
 LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
+USER_ERROR = 2  # exit code: something the user must fix first (the message says what)
 
 
 def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
@@ -63,6 +65,10 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
     except (Stopped, KeyboardInterrupt):
         record("cancelled", reason="stopped by a signal; resumes from its last checkpoint")
         return STOPPED
+    except UserError as err:  # e.g. a pretrained checkpoint not fetched: the fix, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        record("failed", reason=str(err))
+        return USER_ERROR
     except BaseException as err:
         record("failed", reason=f"{type(err).__name__}: {err}"[:500])
         raise

@@ -1,5 +1,6 @@
-"""What a config's `custom_imports` names: registers the suite's modules and applies the
-compatibility fixes, so mmdet's own tools/train.py trains a config written by the suite."""
+"""What a config's `custom_imports` names: registers the suite's modules, its loader of
+pretrained backbones and the compatibility fixes, so mmdet's own tools/train.py trains a
+config written by the suite."""
 
 # importing registers them
 from . import (  # noqa: F401
@@ -11,6 +12,7 @@ from . import (  # noqa: F401
     htc_lite,
     losses,
     lvis_eval,
+    pretrained,
     tsd,
     tta,
 )

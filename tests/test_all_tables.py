@@ -1,5 +1,6 @@
 """Every row of every table and figure resolves in both presets, and every distinct model it needs
-builds in mmdet and takes one forward/backward pass on a small random batch on CPU."""
+builds in mmdet, initialises (the paper's backbones from a fake pretrained cache) and takes one
+forward/backward pass on a small random batch on CPU."""
 
 import json
 
@@ -9,7 +10,7 @@ from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 
-from seesaw_repro import configs, recipes, runs
+from seesaw_repro import configs, pretrained, recipes, runs
 
 register_all_modules()
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def _fake_lvis_counts(root, num_classes):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
-def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
+def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data, pretrained_cache):
     num_classes = {"tiny": 30, "paper": 1203}[preset]
     data_root = tiny_data if preset == "tiny" else tmp_path / "lvis"
     if preset == "paper":
@@ -66,9 +67,17 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data):
         models.setdefault(json.dumps(cfg.model.to_dict(), sort_keys=True), cfg.model)
     assert len(models) == 49
     assert [type(MODELS.build(wrapper)).__name__ for wrapper in wrappers] == ["InstanceTTAModel"]
+    saved = {}  # pretrained name -> its (fake) weights
     for model_cfg in models.values():
         torch.manual_seed(0)
         model = MODELS.build(model_cfg)
+        model.init_weights()  # the paper's backbones from the (fake) pretrained cache
+        for name in pretrained.names_in(model_cfg.to_dict()):
+            if name not in saved:
+                state = torch.load(pretrained.cache_path(name), weights_only=True)
+                saved[name] = state.get("state_dict", state)
+            conv1 = "stem.0.weight" if "resnest" in name else "conv1.weight"
+            assert torch.equal(model.backbone.state_dict()[conv1], saved[name][conv1])
         # ResNeSt's split attention normalises pooled 1x1 features: BatchNorm needs two images
         images = 2 if model_cfg.backbone.type == "ResNeSt" else 1
         batch = demo_mm_inputs(

@@ -56,7 +56,9 @@ def test_missing_data_root_is_one_line_and_exit_2(tmp_path):
 
 
 @pytest.mark.parametrize("dry_run", [("--dry-run",), ()])
-def test_missing_test_dev_files_stop_the_plan_before_anything_runs(tmp_path, dry_run):
+def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
+    tmp_path, dry_run, pretrained_cache
+):
     data = tmp_path / "lvis"
     for folder in ("annotations", "train2017", "val2017"):
         (data / folder).mkdir(parents=True)
