@@ -47,8 +47,9 @@ def _history_buffer_state(self: HistoryBuffer) -> dict:
     return {k: v for k, v in self.__dict__.items() if k != "statistics_methods"}
 
 
-def load_checkpoint_safely(filename: str, map_location: Any = None) -> Any:
-    """Load a checkpoint as tensors and mmengine's training state only (weights_only).
+def load_from_local_safely(filename: str, map_location: Any = None) -> Any:
+    """Load a checkpoint as tensors and mmengine's training state only (weights_only); the
+    name is mmengine's pattern for a checkpoint loader ("load_from_" + what it logs).
 
     mmengine 0.10.7 calls `torch.load(filename)`; torch >= 2.6 loads weights only by default
     and refuses mmengine's HistoryBuffer, so resuming failed. Allowing exactly what its
@@ -100,4 +101,4 @@ def apply() -> None:
     _restore_numpy_float_alias()
     _fix_instaboost_contours()
     HistoryBuffer.__getstate__ = _history_buffer_state
-    CheckpointLoader.register_scheme(prefixes="", loader=load_checkpoint_safely, force=True)
+    CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_safely, force=True)

@@ -21,7 +21,7 @@ from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from .compat import load_checkpoint_safely
+from .compat import load_from_local_safely
 
 COUNT_SOURCES = ("online", "dataset", "checkpoint")
 
@@ -286,7 +286,7 @@ def _dataset_counts(ann_file: str | None, num_classes: int) -> Tensor:
 def _recorded_counts(checkpoint: str | None, num_classes: int) -> Tensor:
     if not checkpoint:
         raise ValueError("counts='checkpoint' needs checkpoint, a trained Seesaw run's .pth")
-    state = load_checkpoint_safely(checkpoint, map_location="cpu")["state_dict"]
+    state = load_from_local_safely(checkpoint, map_location="cpu")["state_dict"]
     found = [v for k, v in state.items() if k.endswith("loss_cls.cum_samples")]
     if len(found) != 1 or found[0].numel() != num_classes + 1:
         raise ValueError(f"{checkpoint} has no Seesaw counts for {num_classes} classes")

@@ -22,7 +22,7 @@ import mmengine
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader, get_external_models
 
-from .compat import load_checkpoint_safely
+from .compat import load_from_local_safely
 from .errors import UserError
 
 # The URL table of each scheme: mmengine's (torchvision's names as of its 0.12, the names
@@ -103,15 +103,16 @@ def fetch(name: str) -> Path:
                 f"could not download {url} ({err}); where there is no internet, copy the file "
                 f"to {path}"
             ) from None
-    load(name)
+    load_from_cache(name)
     return path
 
 
-def load(filename: str, map_location: Any = None) -> Any:
+def load_from_cache(filename: str, map_location: Any = None) -> Any:
     """mmengine's loader for torchvision:// and open-mmlab:// names: the cached file, loaded
     as plain tensors (weights_only); never a download."""
     require([filename])
-    return load_checkpoint_safely(str(cache_path(filename)), map_location)
+    return load_from_local_safely(str(cache_path(filename)), map_location)
 
 
-CheckpointLoader.register_scheme(prefixes=SCHEMES, loader=load, force=True)
+# mmengine logs the loader's name after its first 10 characters ("load_from_"): "cache"
+CheckpointLoader.register_scheme(prefixes=SCHEMES, loader=load_from_cache, force=True)

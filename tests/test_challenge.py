@@ -19,7 +19,7 @@ from mmengine.structures import InstanceData
 
 from seesaw_repro import configs, methods
 from seesaw_repro.carafe import CARAFEUpsample, reassemble
-from seesaw_repro.compat import load_checkpoint_safely
+from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.deform_conv import DCNv2
 from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
 from seesaw_repro.executors import run_local
@@ -330,7 +330,7 @@ def test_table12_adds_one_step_per_row_and_chains_its_last_runs():
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_safely(str(path), map_location="cpu")["state_dict"]
+    return load_from_local_safely(str(path), map_location="cpu")["state_dict"]
 
 
 @pytest.mark.slow

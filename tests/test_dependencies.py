@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seesaw_repro import configs, methods
-from seesaw_repro.compat import load_checkpoint_safely
+from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import Row, Table, load_table
 from seesaw_repro.runs import RunDir, plan, server_results
@@ -52,7 +52,7 @@ def test_pre_record_counts_come_from_the_online_run():
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint_safely(str(path), map_location="cpu")["state_dict"]
+    return load_from_local_safely(str(path), map_location="cpu")["state_dict"]
 
 
 @pytest.mark.slow
