@@ -5,8 +5,11 @@
 (the job, the plugin module that mmdet configs import, the evaluator).
 """
 
+import os
 import pickle
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,9 +67,9 @@ def load_from_local_safely(filename: str, map_location: Any = None) -> Any:
         what = next(g for g in found.groups() if g) if found else "objects other than weights"
         raise UserError(
             f"refusing to load {filename}: it holds {what}, which is neither a tensor nor "
-            "mmengine's training state, and unpickling it could run code (a run's checkpoint "
-            "written before the suite loaded weights only is refused too: delete the run's "
-            "*.pth files to train it from the start)"
+            "mmengine's training state, and unpickling it could run code; if you trust it (a "
+            "checkpoint of an earlier version of the suite), re-save it loadable with "
+            f"`python -m seesaw_repro.compat {filename}`"
         ) from None
 
 
@@ -102,3 +105,19 @@ def apply() -> None:
     _fix_instaboost_contours()
     HistoryBuffer.__getstate__ = _history_buffer_state
     CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_safely, force=True)
+
+
+def resave_trusted(path: Path) -> None:
+    """Re-save a checkpoint the user trusts (one written before the suite loaded weights
+    only) in the form `load_from_local_safely` accepts, replacing it atomically."""
+    apply()  # HistoryBuffer pickled without its statistics functions
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    partial = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        resave_trusted(Path(name))
+        print(f"re-saved {name}")

@@ -14,7 +14,7 @@ from functools import partial
 import pytest
 import torch
 from mmdet.registry import MODELS
-from mmengine.logging import MessageHub
+from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from seesaw_repro import compat, pretrained, recipes, runs
@@ -180,6 +180,28 @@ def test_a_checkpoint_that_pickles_a_callable_is_refused(tmp_path):
         CheckpointLoader.load_checkpoint(str(tmp_path / "epoch_1.pth"))
     assert "\n" not in str(refused.value) and "refusing to load" in str(refused.value)
     assert "mkdir" in str(refused.value) and not marker.exists()
+
+
+def test_a_trusted_checkpoint_of_the_old_format_is_refused_until_re_saved(tmp_path, monkeypatch):
+    """Before, HistoryBuffer was pickled with its statistics functions (as mmengine does):
+    such a file is refused, and `python -m seesaw_repro.compat FILE` makes it loadable."""
+    compat.apply()
+    hub = MessageHub.get_instance("test_old_format")
+    hub.update_scalar("train/loss", 4.0)
+
+    def mmengines_getstate(self):
+        return {**self.__dict__, "statistics_methods": self._statistics_methods}
+
+    with monkeypatch.context() as patched:
+        patched.setattr(HistoryBuffer, "__getstate__", mmengines_getstate)
+        torch.save({"message_hub": hub.state_dict()}, tmp_path / "iter_9.pth")
+    path = str(tmp_path / "iter_9.pth")
+    with pytest.raises(UserError, match=f"holds getattr.*python -m seesaw_repro.compat {path}"):
+        CheckpointLoader.load_checkpoint(path)
+    subprocess.run([sys.executable, "-m", "seesaw_repro.compat", path], check=True)
+    buffer = CheckpointLoader.load_checkpoint(path)["message_hub"]["log_scalars"]["train/loss"]
+    assert buffer.current() == 4.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iter_9.pth"]
 
 
 def test_mmengine_training_state_loads_as_weights_only(tmp_path):
