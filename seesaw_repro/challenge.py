@@ -55,7 +55,6 @@ class ChallengeScale:
     flip: bool  # flip in training and test
     mask_iou_fc: int  # MaskIoUHead's fc width
     fpg_stacks: int  # FPG's stacked bottom-up paths (mmdet's configs: 9)
-    max_per_img: int  # detections kept after the test-time merge
 
     @property
     def test_views(self) -> int:
@@ -216,5 +215,9 @@ def test_augmentation(config: dict, trained: str, scale: ChallengeScale) -> None
     config["model"] = {
         "type": "InstanceTTAModel",
         "module": config["model"],
-        "tta_cfg": {"nms": {"type": "nms", "iou_threshold": 0.5}, "max_per_img": scale.max_per_img},
+        # after the merge, as many detections per image as the model keeps from one view
+        "tta_cfg": {
+            "nms": {"type": "nms", "iou_threshold": 0.5},
+            "max_per_img": config["model"]["test_cfg"]["rcnn"]["max_per_img"],
+        },
     }
