@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from seesaw_repro import recipes
+from seesaw_repro import presets, recipes
 
 runner = CliRunner()
 
@@ -172,7 +172,8 @@ def test_data_synth_writes_an_lvis_dataset(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("annotations/lvis_v1_train.json", "annotations/lvis_v1_val.json"):
         assert (tmp_path / "d" / name).exists()
-    assert len(list((tmp_path / "d" / "val2017").glob("*.png"))) == 100
+    val_images = presets.TINY.synth.num_val_images
+    assert len(list((tmp_path / "d" / "val2017").glob("*.png"))) == val_images == 400
 
 
 def test_plan_all_counts_rows_runs_and_cost(tmp_path):
