@@ -250,7 +250,7 @@ def _require_pretrained(planned: list, work_dir: Path, table: str) -> None:
     from seesaw_repro.runs import RunDir
 
     to_train = [run for run in planned if not RunDir(work_dir, run.run_id).is_done()]
-    pretrained.require(set().union(*(pretrained.names_in(r.config) for r in to_train)), table)
+    pretrained.require(pretrained.names_in([run.config for run in to_train]), table)
 
 
 @app.command("report")
@@ -690,7 +690,7 @@ def weights_fetch(
     from seesaw_repro import pretrained, runs
 
     planned = runs.plan_tables(_tables(table), preset)
-    names = sorted(set().union(*(pretrained.names_in(run.config) for run in planned)))
+    names = sorted(pretrained.names_in([run.config for run in planned]))
     if not names:
         console.print(f"the {preset} preset's runs of {table} start from no pretrained checkpoint")
     for name in names:
