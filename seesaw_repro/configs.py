@@ -31,7 +31,6 @@ from .presets import PRESETS
 
 RUN_ID_LENGTH = 12
 Spec = RunSpec | ClassificationSpec  # a row of the LVIS tables, or of Tables 10-11
-TASKS = ("lvis", classification_runs.TASK)
 
 
 def task_of(spec: Spec) -> str:

@@ -103,13 +103,6 @@ def deform_roi_align(
     return out.view(len(rois), -1, k, s, k, s).mean((3, 5))
 
 
-def translate_rois(rois: Tensor, delta_r: Tensor, gamma: float = GAMMA) -> Tensor:
-    """TSD's regression proposal: each RoI moved by gamma * dR * (width, height)."""
-    size = rois[:, 3:5] - rois[:, 1:3]
-    shift = gamma * delta_r * size
-    return torch.cat([rois[:, :1], rois[:, 1:3] + shift, rois[:, 3:5] + shift], dim=1)
-
-
 @MODELS.register_module()
 class TSDBBoxHead(ConvFCBBoxHead):
     """The sibling head (two shared fcs, as Shared2FCBBoxHead) plus TSD's offset fcs and its

@@ -17,8 +17,11 @@ def train_step(model: torch.nn.Module, cfg: Config) -> tuple[torch.Tensor, dict]
 
 
 def predict_one(model: torch.nn.Module, cfg: Config):  # noqa: ANN201  (an mmdet DetDataSample)
-    """The model's prediction, in eval mode, for the first val image."""
+    """The model's prediction, in eval mode, for the first val image, with every score
+    above 0 kept (an untrained model's scores may all fall under the configured threshold,
+    and a test of the labels must see some)."""
     model.eval()
+    model.roi_head.test_cfg.score_thr = 0.0
     val = DATASETS.build(cfg.val_dataloader.dataset)
     batch = model.data_preprocessor(pseudo_collate([val[0]]), False)
     with torch.no_grad():

@@ -95,7 +95,13 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data, pretr
         last = heads[-1] if isinstance(heads, torch.nn.ModuleList) else heads
         dual = getattr(last, "dual_cls", None)  # a dual-head fine-tune trains its own
         classifier = dual["out"] if dual is not None else last.fc_cls
-        assert classifier.weight.grad is not None
+        assert_learns(classifier.weight)
+
+
+def assert_learns(weight: torch.Tensor) -> None:
+    """The loss reached these weights: a finite, non-zero gradient."""
+    assert weight.grad is not None
+    assert torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
 
 
 def _fake_split_files(root, num_classes):
@@ -128,6 +134,6 @@ def test_every_classification_row_builds_and_trains_one_step(preset, size, tmp_p
         loss.backward()
         assert torch.isfinite(loss)
         if model.head != "ncm":  # NCM's class means are fitted, not trained
-            assert model.classifier.weight.grad is not None
+            assert_learns(model.classifier.weight)
         heads.add(model.head)
     assert heads == {"linear", "lws", "tau_norm", "ncm"}

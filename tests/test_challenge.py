@@ -25,7 +25,7 @@ from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_t
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import Row, Table, load_table
 from seesaw_repro.runs import RunDir, plan
-from seesaw_repro.tsd import GAMMA, TSDBBoxHead, deform_roi_align, translate_rois
+from seesaw_repro.tsd import GAMMA, TSDBBoxHead, deform_roi_align
 from seesaw_repro.tta import InstanceTTAModel
 
 K, S, SCALE = 7, 2, 0.25
@@ -65,6 +65,13 @@ def test_deformable_pooling_moves_each_bin_by_its_offset_times_the_roi_size():
     assert torch.autograd.gradcheck(
         lambda f, o: deform_roi_align(f, rois, o, 3, SCALE, S), (features, offsets[:, :, :3, :3])
     )
+
+
+def translate_rois(rois, delta_r):
+    """TSD's regression proposal P_r, as its paper defines it: each RoI (batch index, x1, y1,
+    x2, y2) moved by gamma * dR * (width, height)."""
+    shift = GAMMA * delta_r * (rois[:, 3:5] - rois[:, 1:3])
+    return torch.cat([rois[:, :1], rois[:, 1:3] + shift, rois[:, 3:5] + shift], dim=1)
 
 
 def _head(**kwargs):

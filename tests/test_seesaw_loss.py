@@ -86,8 +86,17 @@ def test_mitigation_lowers_only_the_penalty_of_rarer_classes():
     logits.grad = None
     plain(logits, label, reduction_override="sum")["loss_cls_classes"].backward()
     assert (seesaw_grad < logits.grad[0, 1:C]).all()
-    # a tail-class sample keeps its full penalty on the head class (N_i <= N_j: M_ij = 1)
-    assert loss_fn.cum_samples[0] > loss_fn.cum_samples[2]
+    # a sample of the rarest class (10 once counted) keeps its full penalty on every class
+    # (N_i <= N_j: M_ij = 1): its gradient is CE's
+    loss_fn.cum_samples.copy_(torch.tensor([1000.0, 100, 10, 10, 10, 9, 0]))
+    tail = torch.tensor([5])
+    logits.grad = None
+    loss_fn(logits, tail, reduction_override="sum")["loss_cls_classes"].backward()
+    seesaw_grad = logits.grad[0, :C].clone()
+    logits.grad = None
+    plain(logits, tail, reduction_override="sum")["loss_cls_classes"].backward()
+    torch.testing.assert_close(seesaw_grad, logits.grad[0, :C])
+    assert seesaw_grad[0] > 0
 
 
 def test_without_both_factors_it_is_cross_entropy_plus_objectness():
