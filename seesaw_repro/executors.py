@@ -89,6 +89,7 @@ ACTIONS = {
     "elsewhere": "being trained by another process or queued in Slurm now; skipped",
     "redo": "done, but --force: trained again (the old run folder is kept)",
     "resume": "resumes from its newest checkpoint",
+    "evaluate": "trained, but its evaluation did not finish: evaluates its final checkpoint",
     "train": "trains from the start",
 }
 
@@ -114,6 +115,8 @@ def triage(
             action = "elsewhere"
         elif run_dir.is_done():
             action = "redo" if force else "done"
+        elif run_dir.is_trained():
+            action = "evaluate"  # whatever stopped its evaluation, a failure or a kill
         elif run_dir.status()["state"] == "failed" and not retry_failed:
             action = "failed"
         elif (run_dir.path / "last_checkpoint").exists():

@@ -83,7 +83,9 @@ class ProgressFileHook(Hook):
         self._last_write = now
 
     def before_train(self, runner: Runner) -> None:
-        self._write(runner, "train", runner.iter)
+        # Resumed from the final checkpoint, the run is past training: only its evaluation
+        # is left (see job.py), and the phase says so if that is stopped too.
+        self._write(runner, "eval" if runner.iter >= runner.max_iters else "train", runner.iter)
 
     def after_train_iter(
         self, runner: Runner, batch_idx: int, data_batch: object = None, outputs: object = None

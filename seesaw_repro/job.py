@@ -27,7 +27,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
-from seesaw_repro.runs import LOCK_FILE, RunDir
+from seesaw_repro.runs import LOCK_FILE, METRICS_FILE, RunDir
 
 LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
@@ -102,7 +102,11 @@ def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
     else:
         runner.register_hook(FailOnDivergenceHook())
         runner.train()
-    return (run_dir / "metrics.json").exists()
+        if not (run_dir / METRICS_FILE).exists() and runner.iter >= runner.max_iters:
+            # Resumed from the final checkpoint: training had ended, but the evaluation after
+            # it was stopped or crashed. Evaluate those weights now.
+            runner.val()
+    return (run_dir / METRICS_FILE).exists()
 
 
 if __name__ == "__main__":

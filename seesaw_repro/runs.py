@@ -150,6 +150,16 @@ class RunDir:
     def progress(self) -> dict | None:
         return read_json(self.path / PROGRESS_FILE)
 
+    def is_trained(self) -> bool:
+        """Training ended (its final checkpoint is the newest) but metrics.json is missing:
+        the evaluation after it did not finish."""
+        progress = self.progress() or {}
+        return (
+            not self.is_done()
+            and progress.get("phase") == "eval"
+            and (self.path / "last_checkpoint").exists()
+        )
+
     def status(self) -> dict:
         """The recorded status; "done" whenever metrics exist, "planned" when nothing ran."""
         if self.is_done():

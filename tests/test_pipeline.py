@@ -13,9 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from seesaw_repro import presets
+from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import run_local
+from seesaw_repro.executors import run_local, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
 from seesaw_repro.runs import PlannedRun, RunDir, plan
@@ -23,6 +26,7 @@ from seesaw_repro.runs import PlannedRun, RunDir, plan
 LVIS_METRICS = list(METRICS["lvis"])
 
 pytestmark = pytest.mark.slow
+CRASH_JOB = Path(__file__).parent / "crash_job.py"
 
 
 def _runs(preset):
@@ -79,49 +83,80 @@ def _json_files_stay_whole(run_dir: Path, stop: threading.Event, bad: list) -> N
                 bad.append((name, text))
 
 
-def test_run_killed_at_a_random_moment_resumes_to_the_uninterrupted_result(
-    tmp_path, quick_data, with_quick_preset
-):
-    run = _gradient_stats_run(with_quick_preset)
-    straight = RunDir(tmp_path / "straight", run.run_id)
-    assert run_local([run], tmp_path / "straight", quick_data) == {run.run_id: "done"}
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, quick_data, quick_preset):
+    """The MF run with gradient statistics, trained and evaluated without a stop."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(presets.PRESETS, quick_preset.name, quick_preset)
+        run = _gradient_stats_run(quick_preset)
+    work = tmp_path_factory.mktemp("straight")
+    assert run_local([run], work, quick_data) == {run.run_id: "done"}
+    return run, RunDir(work, run.run_id)
 
-    run_dir = RunDir(tmp_path / "killed", run.run_id)
+
+def _final_weights(run_dir: RunDir) -> dict:
+    last = (run_dir.path / "last_checkpoint").read_text().strip()
+    return load_from_local_safely(str(run_dir.path / Path(last).name))["state_dict"]
+
+
+# (moment, how, the call that crashes: drawn from a seeded generator within the range where
+# the moment is what the test means). The quick run has 12 iterations, a checkpoint every 2
+# (6 saves) and 30 val images.
+CRASHES = {
+    "train, kill -9": ("train", "kill", (3, 11)),  # after the first checkpoint, before the end
+    "checkpoint half written, kill -9": ("save", "kill", (2, 5)),  # neither first nor last
+    "evaluation, kill -9": ("eval", "kill", (1, 30)),
+    "evaluation, exception": ("eval", "raise", (1, 30)),
+}
+
+
+@pytest.mark.parametrize("case", list(CRASHES))
+def test_a_crash_at_a_seeded_moment_then_a_plain_rerun_gives_the_uninterrupted_result(
+    case, tmp_path, quick_data, straight
+):
+    run, done = straight
+    moment, how, (low, high) = CRASHES[case]
+    n = random.Random(f"{case} 0").randint(low, high)
+    run_dir = RunDir(tmp_path, run.run_id)
     run_dir.prepare(run, quick_data)
     stop, bad = threading.Event(), []
     reader = threading.Thread(target=_json_files_stay_whole, args=(run_dir.path, stop, bad))
     reader.start()
-    kill_after = random.uniform(0.0, 3.0)
     with open(run_dir.log_file, "a") as log:
-        job = subprocess.Popen(
-            [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+        crashed = subprocess.run(
+            [sys.executable, str(CRASH_JOB), str(run_dir.path), moment, str(n), how],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "SEESAW_THREADS": "2"},
         )
-        deadline = time.monotonic() + 300
-        while not (run_dir.path / "last_checkpoint").exists():
-            assert job.poll() is None, "the job ended before its first checkpoint"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(kill_after)
-        job.send_signal(signal.SIGKILL)
-        job.wait()
+    assert crashed.returncode == (-signal.SIGKILL if how == "kill" else 1), case
+    # The crash fell where the case says.
+    progress = run_dir.progress()
+    assert not run_dir.is_done()
+    assert progress["phase"] == ("eval" if moment == "eval" else "train"), progress
     saved = int(re.search(r"iter_(\d+)\.pth", (run_dir.path / "last_checkpoint").read_text())[1])
-    assert 0 < saved <= run.config["train_cfg"]["max_iters"]
+    if moment == "train":
+        # killed before its nth iteration: n - 1 done, the last checkpoint before them
+        assert saved < n < run.config["train_cfg"]["max_iters"] and progress["iter"] < n
+    if moment == "save":
+        half = run_dir.path / f"iter_{2 * n}.pth"  # on disk, but not the last checkpoint
+        assert saved == 2 * (n - 1) and 0 < half.stat().st_size
+        with pytest.raises(Exception):  # noqa: B017  (truncated: torch's error varies)
+            torch.load(half, weights_only=True)
+    expected = "evaluate" if moment == "eval" else "resume"
+    assert [action for _, action in triage([run], tmp_path)] == [expected]
 
-    assert run_local([run], tmp_path / "killed", quick_data) == {run.run_id: "done"}
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
     stop.set()
     reader.join()
     assert not bad, f"a reader saw a partial file: {bad[0]}"
-    resumed = [
-        int(n) for n in re.findall(r"resumed epoch: \d+, iter: (\d+)", run_dir.log_file.read_text())
-    ]
-    assert resumed and resumed[-1] >= saved
-    message = f"killed {kill_after:.2f} s after the first checkpoint, resumed at {resumed}"
-    assert run_dir.metrics() == straight.metrics(), message
+    message = f"{case} at call {n}"
+    assert run_dir.metrics() == done.metrics(), message
+    weights, uninterrupted = _final_weights(run_dir), _final_weights(done)
+    assert weights.keys() == uninterrupted.keys()
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights), message
     stats = json.loads((run_dir.path / "gradient_stats.json").read_text())
-    assert stats == json.loads((straight.path / "gradient_stats.json").read_text()), message
+    assert stats == json.loads((done.path / "gradient_stats.json").read_text()), message
     head = stats["heads"]["roi_head.bbox_head.loss_cls"]
     assert stats["iter"] == run.config["train_cfg"]["max_iters"]
     assert len(head["positive"]) == len(head["negative"]) == 30
