@@ -1,9 +1,11 @@
-"""Run state on disk: atomic writes (a reader sees the old file or the new one, never half
-of one) and the lock that lets only one process train a run."""
+"""State on disk: atomic writes (a reader sees the old file or the new one, never half
+of one), the lock that lets only one process train a run, and generated folders built once."""
 
 import fcntl
 import json
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,3 +56,26 @@ def try_lock(path: Path) -> IO | None:
         handle.close()
         return None
     return handle
+
+
+def build_once(
+    root: Path, is_complete: Callable[[Path], bool], build: Callable[[Path], Any]
+) -> None:
+    """Make `root` with `build(folder)` unless `is_complete(root)`, once however many
+    processes ask at the same time: under a lock beside it, into a temporary folder renamed
+    into place when complete. The others wait, then find it complete; a build killed midway
+    leaves only its temporary folder, which the next build replaces."""
+    root = Path(root)
+    if is_complete(root):
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.with_name(f".{root.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes or the process dies
+        if is_complete(root):
+            return
+        partial = root.with_name(f".{root.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build(partial)
+        if root.exists():  # incomplete, from a version that generated in place
+            shutil.rmtree(root)
+        os.replace(partial, root)

@@ -10,7 +10,6 @@ rest subsampled long-tailed.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 
 from .errors import UserError
-from .files import read_json, write_text_atomic
+from .files import build_once, read_json, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_LINES = {"train": 115_846, "val": 20_000, "test": 50_000}  # ImageNet-LT's files
@@ -123,8 +122,6 @@ def generate_digits(root: Path, spec: DigitsLTSpec) -> None:
         chosen["test"] += [(i, digit) for i in mine[:test]]
         chosen["val"] += [(i, digit) for i in mine[test : test + val]]
         chosen["train"] += [(i, digit) for i in mine[test + val : test + val + counts[digit]]]
-    if root.exists():
-        shutil.rmtree(root)  # an incomplete earlier attempt
     for split in SPLITS:
         lines = []
         for index, digit in chosen[split]:
@@ -138,9 +135,13 @@ def generate_digits(root: Path, spec: DigitsLTSpec) -> None:
 
 
 def ensure_digits(root: Path, spec: DigitsLTSpec) -> Path:
-    """Generate the digits under `root` unless they are there; returns `root`."""
-    if not split_file(root, "test").exists():
-        generate_digits(root, spec)
+    """Generate the digits under `root` unless they are there (once, however many `repro`
+    ask at the same time); returns `root`."""
+    build_once(
+        root,
+        lambda folder: split_file(folder, "test").exists(),
+        lambda folder: generate_digits(folder, spec),
+    )
     check_digits(root, spec)
     return root
 

@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import UserError
-from .files import write_text_atomic
+from .files import build_once, write_text_atomic
 
 COLOURS = {
     "red": (230, 50, 40),
@@ -324,8 +324,12 @@ def check(root: Path, spec: SynthSpec) -> None:
 
 
 def ensure(root: Path, spec: SynthSpec) -> Path:
-    """Generate the dataset under `root` unless it is already there; returns `root`."""
-    if not all(path.exists() for path in annotation_paths(root).values()):
-        generate(root, spec)
+    """Generate the dataset under `root` unless it is already there (once, however many
+    `repro` ask at the same time); returns `root`."""
+    build_once(
+        root,
+        lambda folder: all(path.exists() for path in annotation_paths(folder).values()),
+        lambda folder: generate(folder, spec),
+    )
     check(root, spec)
     return root

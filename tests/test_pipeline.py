@@ -49,9 +49,8 @@ def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
 
     log_before = run_dir.log_file.stat()
     metrics_before = (run_dir.path / "metrics.json").stat().st_mtime_ns
-    started = time.monotonic()
+    assert triage([run], tmp_path) == [(run, "done")]
     assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
-    assert time.monotonic() - started < 5
     assert run_dir.log_file.stat().st_size == log_before.st_size
     assert (run_dir.path / "metrics.json").stat().st_mtime_ns == metrics_before
 

@@ -1,5 +1,8 @@
 import hashlib
 import json
+import subprocess
+import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import replace
 
@@ -111,3 +114,39 @@ def test_check_names_what_is_missing(tmp_path, tiny_data):
     with pytest.raises(UserError, match="generated with"):
         synth.check(tiny_data, replace(presets.TINY.synth, seed=7))
     synth.check(tiny_data, presets.TINY.synth)
+
+
+ENSURE = {
+    "lvis": "from seesaw_repro import presets, synth\n"
+    "from dataclasses import replace\n"
+    "spec = replace(presets.TINY.synth, num_train_images=320, num_val_images=20)\n"
+    "synth.ensure(Path(sys.argv[1]), spec)",
+    "digits": "from seesaw_repro import imagenet_lt\n"
+    "imagenet_lt.ensure_digits(Path(sys.argv[1]), imagenet_lt.DigitsLTSpec())",
+}
+
+
+def _ensure(kind: str, root) -> subprocess.Popen:
+    code = f"import sys\nfrom pathlib import Path\n{ENSURE[kind]}"
+    return subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("kind", list(ENSURE))
+def test_concurrent_first_runs_generate_the_data_once_and_a_killed_one_is_redone(kind, tmp_path):
+    alone = tmp_path / "alone"
+    assert _ensure(kind, alone).wait() == 0
+    root = tmp_path / "data"
+    # a generation killed midway leaves a partial folder, never the data root itself
+    first = _ensure(kind, root)
+    partial = tmp_path / ".data.partial"
+    while not partial.exists() and first.poll() is None:
+        time.sleep(0.05)
+    first.kill()
+    first.wait()
+    assert not root.exists()
+    # three at once, as three `seesaw repro` started together: all succeed, on the same data
+    together = [_ensure(kind, root) for _ in range(3)]
+    errors = [p.communicate()[1].decode() for p in together]
+    assert [p.returncode for p in together] == [0, 0, 0], errors
+    assert not partial.exists()
+    assert _digest(root) == _digest(alone)
