@@ -5,6 +5,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -35,27 +36,33 @@ def read_json(path: Path) -> Any | None:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # not JSON, or not even UTF-8 text
         # The suite writes atomically, so this file was changed by something else.
         raise UserError(
-            f"{path} is not valid JSON ({err}); it was not written by seesaw-repro: "
+            f"{path} is not valid JSON ({type(err).__name__}: {err}); it was not written by "
+            "seesaw-repro: "
             "delete it and the run's state is read again from its other files"
         ) from err
 
 
-def try_lock(path: Path) -> IO | None:
-    """Take an exclusive lock on `path` (created if need be) without waiting: the open file,
-    which holds the lock until it is closed or the process ends, or None if another
-    process holds it. The kernel drops the lock of a killed process, so none goes stale."""
+def try_lock(path: Path, wait_seconds: float = 0.0) -> IO | None:
+    """Take an exclusive lock on `path` (created if need be), trying for up to
+    `wait_seconds`: the open file, which holds the lock until it is closed or the process
+    ends, or None if another process holds it. The kernel drops the lock of a killed
+    process, so none goes stale."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a")  # noqa: SIM115  (the caller keeps it open to hold the lock)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                handle.close()
+                return None
+            time.sleep(0.05)
 
 
 def build_once(

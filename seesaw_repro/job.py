@@ -27,7 +27,7 @@ from mmengine.runner.checkpoint import find_latest_checkpoint
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
-from seesaw_repro.runs import LOCK_FILE, METRICS_FILE, RunDir
+from seesaw_repro.runs import LOCK_FILE, RunDir
 
 LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
@@ -43,7 +43,9 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
         print(f"{run_dir} is done already; not training it again", file=sys.stderr)
         return 0
     if rank == 0:
-        lock = try_lock(run_dir / LOCK_FILE)  # held until this process ends
+        # held until this process ends; the wait outlasts a probe's (`status`, `repro`),
+        # which holds the lock for an instant to see whether a job holds it
+        lock = try_lock(run_dir / LOCK_FILE, wait_seconds=2.0)
         if lock is None:
             print(f"{run_dir} is being trained by another process; not starting", file=sys.stderr)
             return LOCKED
@@ -61,7 +63,7 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
             run.set_status(state, ended=time.time(), **fields)
 
     try:
-        finished = _train(run_dir, launcher, gpus)
+        finished = _train(run, launcher, gpus)
     except (Stopped, KeyboardInterrupt):
         record("cancelled", reason="stopped by a signal; resumes from its last checkpoint")
         return STOPPED
@@ -80,7 +82,8 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
     return 0
 
 
-def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
+def _train(run: RunDir, launcher: str, gpus: int) -> bool:
+    run_dir = run.path
     if gpus > torch.cuda.device_count():
         raise RuntimeError(
             f"the job asks for {gpus} GPU(s) but torch sees {torch.cuda.device_count()} "
@@ -102,11 +105,11 @@ def _train(run_dir: Path, launcher: str, gpus: int) -> bool:
     else:
         runner.register_hook(FailOnDivergenceHook())
         runner.train()
-        if not (run_dir / METRICS_FILE).exists() and runner.iter >= runner.max_iters:
+        if not run.is_done() and runner.iter >= runner.max_iters:
             # Resumed from the final checkpoint: training had ended, but the evaluation after
             # it was stopped or crashed. Evaluate those weights now.
             runner.val()
-    return (run_dir / METRICS_FILE).exists()
+    return run.is_done()
 
 
 if __name__ == "__main__":

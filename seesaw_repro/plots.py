@@ -11,8 +11,9 @@ from matplotlib import ticker
 
 from .errors import UserError
 from .files import read_json
-from .hooks import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE, METRICS_FILE
+from .hooks import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE
 from .methods import PER_CATEGORY_FILE
+from .runs import RunDir
 
 COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper
 GROUP_COLOURS = {"r": "#d62728", "c": "#ff7f0e", "f": "#2ca02c"}
@@ -208,7 +209,7 @@ def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> lis
     x = np.arange(len(GROUP_NAMES))
     for k, (label, run_dir) in enumerate(runs.items()):
         accuracy = group_accuracy(run_dir, train_ann)
-        metrics = (read_json(Path(run_dir) / METRICS_FILE) or {}).get("metrics", {})
+        metrics = RunDir(Path(run_dir).parent.parent, Path(run_dir).name).metrics() or {}
         ap = [metrics.get(f"AP_{g}", np.nan) for g in GROUP_NAMES]
         offset = (k - (len(runs) - 1) / 2) * width
         left.bar(x + offset, [accuracy[g] for g in GROUP_NAMES], width, label=label)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pandas as pd
 
 from .files import read_json, write_text_atomic
-from .hooks import METRICS_FILE
 from .runs import RunDir
 
 COLUMNS = [
@@ -33,12 +32,13 @@ def collect(work_dir: Path) -> pd.DataFrame:
     records = []
     runs_dir = Path(work_dir) / "runs"
     folders = sorted(runs_dir.iterdir()) if runs_dir.exists() else []
-    for folder in (f for f in folders if ".old-" not in f.name):
+    for folder in (f for f in folders if ".old-" not in f.name and f.is_dir()):
         info = read_json(folder / "run.json")
         if info is None:
             continue
-        state = RunDir(Path(work_dir), folder.name).status()["state"]
-        done = read_json(folder / METRICS_FILE) or {}
+        run_dir = RunDir(Path(work_dir), folder.name)
+        state = run_dir.status()["state"]
+        done = run_dir.result() or {}
         metrics = done.get("metrics") or {None: float("nan")}
         for label in info["rows"]:
             table, _, row = label.partition(":")

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import socket
 import time
 from collections.abc import Iterable
@@ -108,6 +110,29 @@ def server_results(result: dict | None) -> list[str]:
     return result.get("results", []) if result.get("split") == "test-dev" else []
 
 
+NEXT_REPRO = "the next repro resumes or evaluates it"
+
+
+def _is_result(data: object) -> bool:
+    """Whether metrics.json's content is what hooks.MetricsFileHook writes."""
+    metrics = data.get("metrics") if isinstance(data, dict) else None
+    return isinstance(metrics, dict) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in metrics.values()
+    )
+
+
+def _ended_here(status: dict) -> bool:
+    """Whether a local job (no Slurm job id) recorded on this host has no live process."""
+    if "job_id" in status or status.get("host") != socket.gethostname() or "pid" not in status:
+        return False
+    try:
+        cmdline = Path(f"/proc/{int(status['pid'])}/cmdline").read_bytes()
+    except (FileNotFoundError, ValueError):
+        return True
+    return b"seesaw_repro.job" not in cmdline  # the pid was reused by another program
+
+
 class RunDir:
     """The on-disk state of one run."""
 
@@ -126,8 +151,13 @@ class RunDir:
     def result(self) -> dict | None:
         """metrics.json, or None when the run is not done: its "metrics" (percent) and how
         they were got ("batch": images per iteration, all GPUs together; "speed_device";
-        a test-dev run's "split" and "results")."""
-        return read_json(self.path / METRICS_FILE)
+        a test-dev run's "split" and "results"). A file that is not such a record (empty,
+        truncated, edited) is no result: the run is evaluated again."""
+        try:
+            data = json.loads((self.path / METRICS_FILE).read_bytes())
+        except (FileNotFoundError, ValueError):  # ValueError: not JSON, not UTF-8
+            return None
+        return data if _is_result(data) else None
 
     def metrics(self) -> dict | None:
         """The evaluation's metrics (percent), or None when the run is not done."""
@@ -145,7 +175,7 @@ class RunDir:
         return False
 
     def is_done(self) -> bool:
-        return (self.path / METRICS_FILE).exists()
+        return self.result() is not None
 
     def progress(self) -> dict | None:
         return read_json(self.path / PROGRESS_FILE)
@@ -161,10 +191,19 @@ class RunDir:
         )
 
     def status(self) -> dict:
-        """The recorded status; "done" whenever metrics exist, "planned" when nothing ran."""
+        """The recorded status; "done" whenever metrics exist, "planned" when nothing ran;
+        "failed" when metrics.json is not a result, "cancelled" when the process recorded as
+        training it on this host has ended without saying so (killed), each with the reason."""
+        recorded = read_json(self.path / STATUS_FILE) or {"state": "planned"}
         if self.is_done():
-            return {**(read_json(self.path / STATUS_FILE) or {}), "state": "done"}
-        return read_json(self.path / STATUS_FILE) or {"state": "planned"}
+            return {**recorded, "state": "done"}
+        if (self.path / METRICS_FILE).exists():
+            reason = f"{METRICS_FILE} is not a result (empty, truncated or edited)"
+            return {**recorded, "state": "failed", "reason": f"{reason}; {NEXT_REPRO}"}
+        if recorded["state"] == "running" and _ended_here(recorded):
+            reason = f"its process (pid {recorded['pid']}) ended without recording it: killed"
+            return {**recorded, "state": "cancelled", "reason": f"{reason}; {NEXT_REPRO}"}
+        return recorded
 
     def set_status(self, state: str, **fields: object) -> None:
         """Record a state change, keeping the fields recorded before."""

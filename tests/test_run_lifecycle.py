@@ -4,9 +4,12 @@ fail a run whose loss stops being finite."""
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from seesaw_repro import presets
 from seesaw_repro.executors import run_local, triage
@@ -158,3 +161,64 @@ def test_a_run_folder_of_another_suite_version_is_one_clear_line(tmp_path):
     result = _seesaw("repro", "table2", "--dry-run", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "was made by seesaw-repro 0.0.1, this is" in " ".join(result.stderr.split())
+
+
+def _trained_run(work: Path):
+    """A run folder as a trained run leaves it: config, final checkpoint named, evaluating."""
+    run = plan(load_table("table2"), "tiny")[0]
+    run_dir = RunDir(work, run.run_id)
+    run_dir.prepare(run, work / "data")
+    (run_dir.path / "last_checkpoint").write_text(str(run_dir.path / "iter_400.pth"))
+    (run_dir.path / "progress.json").write_text(
+        json.dumps({"phase": "eval", "iter": 400, "max_iters": 400})
+    )
+    return run, run_dir
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{}",
+        b"[]",
+        b"null",
+        b'{"metrics": {"AP": 2',
+        b"\xff\xfe\x00garbage",
+        b'{"metrics": {"AP": "high"}}',
+        b'{"metrics": {"AP": NaN}}',
+        b'{"metrics": null}',
+    ],
+)
+def test_a_metrics_file_that_is_no_result_is_not_done_and_is_evaluated_again(tmp_path, content):
+    run, run_dir = _trained_run(tmp_path / "w")
+    (run_dir.path / "metrics.json").write_bytes(content)
+    assert not run_dir.is_done() and run_dir.metrics() is None
+    assert run_dir.status()["state"] == "failed"
+    assert "metrics.json is not a result" in run_dir.status()["reason"]
+    assert triage([run], tmp_path / "w") == [(run, "evaluate")]
+
+
+def test_the_commands_read_a_metrics_file_of_random_bytes_as_no_result(tmp_path):
+    run, run_dir = _trained_run(tmp_path / "w")
+    (run_dir.path / "metrics.json").write_bytes(b"\xff\xfe\x00garbage")
+    for command in (("status", "table2"), ("report", "table2"), ("collect",)):
+        result = _seesaw(*command, "--work-dir", "w", cwd=tmp_path)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    shown = _seesaw("repro", "table2", "--dry-run", "--work-dir", "w", cwd=tmp_path).stdout
+    assert "evaluates its final checkpoint" in shown
+
+
+def test_a_local_job_killed_outright_is_not_shown_running(tmp_path):
+    run, run_dir = _trained_run(tmp_path / "w")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir.set_status("running", pid=dead.pid, started=0.0)
+    assert run_dir.status()["state"] == "cancelled"
+    assert f"pid {dead.pid}" in run_dir.status()["reason"]
+    # another host's pid cannot be checked from here
+    run_dir.set_status("running", pid=os.getpid())  # not a job: a reused pid
+    assert run_dir.status()["state"] == "cancelled"
+    status = json.loads((run_dir.path / "status.json").read_text())
+    (run_dir.path / "status.json").write_text(json.dumps({**status, "host": "elsewhere"}))
+    assert run_dir.status()["state"] == "running"
+    result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 0 and "running" in result.stdout
