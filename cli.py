@@ -495,10 +495,13 @@ def config(
     """Print a run's mmdet config: `python tools/train.py FILE` of mmdet trains it as is.
 
     Without --data-root the tiny preset's generated data root is put in, and the paper
-    preset keeps the placeholder ${DATA_ROOT}.
+    preset keeps the placeholder ${DATA_ROOT}. The config names no work dir: everything it
+    writes goes under tools/train.py's --work-dir (default ./work_dirs/NAME), never into the
+    run's own folder.
     """
     from seesaw_repro import configs, runs
     from seesaw_repro.errors import UserError
+    from seesaw_repro.files import write_text_atomic
 
     planned = {r.run_id: r for r in runs.plan_tables(_tables("all"), preset)}
     matches = [rid for rid in planned if rid.startswith(run_id)]
@@ -512,8 +515,11 @@ def config(
     scale = configs.preset_for(configs.task_of(run.spec), preset)
     root = data_root or scale.default_data_root(work_dir)
     cfg = configs.materialise(run.config, root, work_dir / "runs" / run.run_id)
+    cfg.pop("work_dir")
     if out:
-        out.write_text(cfg.pretty_text)
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+        write_text_atomic(out, cfg.pretty_text)
         console.print(f"wrote {out} (run {run.run_id}: {', '.join(run.rows)})")
     else:
         typer.echo(cfg.pretty_text)

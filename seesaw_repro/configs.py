@@ -21,7 +21,6 @@ from .errors import UserError
 from .methods import (
     DATA_ROOT,
     RUNS_DIR,
-    WORK_DIR,
     RunSpec,
     SpecError,
     finetune_classifier,
@@ -125,7 +124,6 @@ def materialise(
             return type(value)(fill(v) for v in value)
         if isinstance(value, str):
             value = value.replace(DATA_ROOT, root)
-            value = value.replace(WORK_DIR, str(Path(work_dir).resolve()))
             return value.replace(RUNS_DIR, str(runs_dir))
         return value
 

@@ -97,6 +97,19 @@ class ProgressFileHook(Hook):
             self._write(runner, "eval" if finished else "train", iters_done)
 
 
+# Files an evaluator writes, named relative to the work dir in the configs, so that a run's
+# config trained elsewhere (mmdet's tools/train.py --work-dir) writes only there.
+EVALUATOR_OUTPUTS = ("per_category_file", "outfile_prefix")
+
+
+def _outputs_into_work_dir(evaluator: object, work_dir: str) -> None:
+    for metric in getattr(evaluator, "metrics", []):
+        for name in EVALUATOR_OUTPUTS:
+            value = getattr(metric, name, None)
+            if value and not Path(value).is_absolute():
+                setattr(metric, name, str(Path(work_dir) / value))
+
+
 @HOOKS.register_module()
 class MetricsFileHook(Hook):
     """Writes `metrics.json` once the evaluation after the last training iteration is done,
@@ -106,6 +119,12 @@ class MetricsFileHook(Hook):
     """
 
     priority = "VERY_LOW"
+
+    def before_val(self, runner: Runner) -> None:
+        _outputs_into_work_dir(runner.val_loop.evaluator, runner.work_dir)
+
+    def before_test(self, runner: Runner) -> None:
+        _outputs_into_work_dir(runner.test_loop.evaluator, runner.work_dir)
 
     def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
         if runner.iter < runner.max_iters:
@@ -132,7 +151,8 @@ class MetricsFileHook(Hook):
             return
         if not evaluator.get("format_only"):
             return
-        files = [f"{evaluator['outfile_prefix']}.{m}.json" for m in ("bbox", "segm")]
+        prefix = Path(runner.work_dir) / evaluator["outfile_prefix"]
+        files = [f"{prefix}.{m}.json" for m in ("bbox", "segm")]
         record = {
             "split": "test-dev",
             "metrics": {},

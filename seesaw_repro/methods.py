@@ -16,7 +16,6 @@ from .synth import TEST_DEV_INFO
 
 DATA_ROOT = "${DATA_ROOT}"
 RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
-WORK_DIR = "${WORK_DIR}"  # the run's own directory
 PER_CATEGORY_FILE = "per_category_ap.json"  # written by lvis_eval.FastLVISMetric
 
 
@@ -359,7 +358,7 @@ def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
             "type": "FastLVISMetric",
             "ann_file": val_ann_file,
             "metric": ["bbox", "segm"],
-            "per_category_file": f"{WORK_DIR}/{PER_CATEGORY_FILE}",
+            "per_category_file": PER_CATEGORY_FILE,  # in the work dir (hooks.MetricsFileHook)
         },
     }
 
@@ -380,5 +379,5 @@ def test_dev(config: dict, trained: str) -> None:
         "ann_file": f"{DATA_ROOT}/{TEST_DEV_INFO}",
         "metric": ["bbox", "segm"],
         "format_only": True,
-        "outfile_prefix": f"{WORK_DIR}/test-dev",
+        "outfile_prefix": "test-dev",  # in the work dir (hooks.MetricsFileHook)
     }

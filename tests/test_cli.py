@@ -85,6 +85,10 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
         (("plan", "[red]table2"), "'[red]table2' is not a table or figure name"),  # not markup
         (("plan", "table2", "--seeds", "x"), "--seeds 'x': give a count"),
         (("report", "table2", "--view", "wide"), "unknown --view 'wide'"),
+        (
+            ("config", "1b990a", "--out", "no/such/c.py"),
+            "--out no/such/c.py: the folder no/such does not exist",
+        ),
     ],
 )
 def test_bad_input_is_one_line_with_the_users_text(tmp_path, args, expected):

@@ -193,21 +193,51 @@ def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
     assert sorted(states) == ["cancelled"] * 6
 
 
-def test_a_written_config_trains_with_mmdets_own_tools_train(tmp_path, quick_data, quick_preset):
+def test_an_exported_config_trains_with_mmdets_own_tools_train_and_writes_only_there(
+    tmp_path, quick_data, with_quick_preset, monkeypatch
+):
     import mmdet
+    from typer.testing import CliRunner
 
-    from seesaw_repro import configs, methods
+    from cli import app
+    from seesaw_repro import classification_runs
+
+    # `seesaw config` looks the id up among every table's runs, Tables 10-11's too
+    tiny = classification_runs.PRESETS["tiny"]
+    monkeypatch.setitem(classification_runs.PRESETS, with_quick_preset.name, tiny)
 
     train_py = Path(mmdet.__file__).parent / ".mim" / "tools" / "train.py"
-    config = quick_preset.config(methods.RunSpec())
+    run = _runs(with_quick_preset)[0]
+    run_dir = RunDir(tmp_path / "w", run.run_id)  # a finished run: what it holds stays
+    run_dir.prepare(run, quick_data)
+    for name in ("metrics.json", "per_category_ap.json"):
+        (run_dir.path / name).write_text('{"metrics": {}}')
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.path.iterdir()}
     config_file = tmp_path / "config.py"
-    config_file.write_text(configs.materialise(config, quick_data, tmp_path / "w").pretty_text)
+    exported = CliRunner().invoke(
+        app,
+        [
+            "config",
+            run.run_id,
+            "--preset",
+            with_quick_preset.name,
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--data-root",
+            str(quick_data),
+            "--out",
+            str(config_file),
+        ],
+    )
+    assert exported.exit_code == 0, exported.output
     result = subprocess.run(
-        [sys.executable, str(train_py), str(config_file), "--work-dir", str(tmp_path / "w")],
+        [sys.executable, str(train_py), str(config_file), "--work-dir", str(tmp_path / "mine")],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())["metrics"]
     assert sorted(metrics) == sorted(LVIS_METRICS)
+    assert (tmp_path / "mine" / "per_category_ap.json").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.path.iterdir()} == before
