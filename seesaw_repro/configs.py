@@ -21,6 +21,7 @@ from .errors import UserError
 from .methods import (
     DATA_ROOT,
     RUNS_DIR,
+    WORK_DIR,
     RunSpec,
     SpecError,
     finetune_classifier,
@@ -113,7 +114,9 @@ def materialise(
     config: dict, data_root: Path | None, work_dir: Path, runs_dir: Path | None = None
 ) -> Config:
     """Put the real data root (None: keep the placeholder), work dir and runs dir (default:
-    work dir's parent, where its sibling runs are) into a resolved config."""
+    work dir's parent, where its sibling runs are) into a resolved config. Files named under
+    the work dir become relative to it (hooks.MetricsFileHook puts them under whichever work
+    dir the config is trained in)."""
     runs_dir = Path(runs_dir if runs_dir is not None else Path(work_dir).parent).resolve()
     root = DATA_ROOT if data_root is None else str(Path(data_root).resolve())
 
@@ -123,7 +126,7 @@ def materialise(
         if isinstance(value, list | tuple):
             return type(value)(fill(v) for v in value)
         if isinstance(value, str):
-            value = value.replace(DATA_ROOT, root)
+            value = value.replace(DATA_ROOT, root).replace(f"{WORK_DIR}/", "")
             return value.replace(RUNS_DIR, str(runs_dir))
         return value
 

@@ -16,6 +16,9 @@ from .synth import TEST_DEV_INFO
 
 DATA_ROOT = "${DATA_ROOT}"
 RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints
+# Files named under the run's work dir; a materialised config names them relative to it (see
+# configs.materialise), so that one trained elsewhere writes them there.
+WORK_DIR = "${WORK_DIR}"
 PER_CATEGORY_FILE = "per_category_ap.json"  # written by lvis_eval.FastLVISMetric
 
 
@@ -358,7 +361,7 @@ def suite_parts(spec: RunSpec, val_ann_file: str) -> dict:
             "type": "FastLVISMetric",
             "ann_file": val_ann_file,
             "metric": ["bbox", "segm"],
-            "per_category_file": PER_CATEGORY_FILE,  # in the work dir (hooks.MetricsFileHook)
+            "per_category_file": f"{WORK_DIR}/{PER_CATEGORY_FILE}",
         },
     }
 
@@ -379,5 +382,5 @@ def test_dev(config: dict, trained: str) -> None:
         "ann_file": f"{DATA_ROOT}/{TEST_DEV_INFO}",
         "metric": ["bbox", "segm"],
         "format_only": True,
-        "outfile_prefix": "test-dev",  # in the work dir (hooks.MetricsFileHook)
+        "outfile_prefix": f"{WORK_DIR}/test-dev",
     }

@@ -86,7 +86,7 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
         (("plan", "table2", "--seeds", "x"), "--seeds 'x': give a count"),
         (("report", "table2", "--view", "wide"), "unknown --view 'wide'"),
         (
-            ("config", "1b990a", "--out", "no/such/c.py"),
+            ("config", "485fec", "--out", "no/such/c.py"),
             "--out no/such/c.py: the folder no/such does not exist",
         ),
     ],
