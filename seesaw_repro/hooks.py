@@ -4,17 +4,19 @@ They write into the runner's work_dir, so a config trained with mmdet's own tool
 leaves the same files as one trained by `seesaw repro`.
 """
 
+import random
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from mmdet.structures.bbox import bbox2roi
 from mmengine.dist import all_reduce, is_distributed, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
-from mmengine.runner import IterBasedTrainLoop, Runner
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 
 from .files import write_json_atomic, write_text_atomic
 
@@ -348,9 +350,11 @@ class RandomStateHook(Hook):
     """Makes a resumed run take exactly the steps of a run never stopped.
 
     Each checkpoint keeps torch's random state (CPU and CUDA), which RoI sampling draws
-    from, and the first iteration after a resume restores it. numpy's state needs no saving:
-    on resume, mmengine's iteration-based loop fetches the skipped batches again, which
-    replays the data pipeline's numpy draws.
+    from, and the first iteration after a resume restores it. It keeps numpy's and Python's
+    too, which the data pipeline draws from (in the main process: the tiny presets load
+    without workers). An iteration-based loop needs them not: on resume it fetches the
+    skipped batches again, replaying those draws. An epoch-based loop (Tables 10-11) starts
+    the epoch after its checkpoint afresh, so they are restored before its first batch.
     """
 
     priority = "VERY_LOW"  # restore after every other hook's before_train_iter
@@ -362,10 +366,18 @@ class RandomStateHook(Hook):
         checkpoint["random_state"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
         }
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         self._restore = checkpoint.get("random_state")
+
+    def before_train_epoch(self, runner: Runner) -> None:
+        resumed = self._restore is not None and runner.iter > 0
+        if resumed and isinstance(runner.train_loop, EpochBasedTrainLoop):
+            np.random.set_state(self._restore["numpy"])
+            random.setstate(self._restore["python"])
 
     def before_train_iter(self, runner: Runner, batch_idx: int, data_batch: object = None) -> None:
         if self._restore is None or runner.iter == 0:  # iter 0: load_from, not a resume

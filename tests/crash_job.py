@@ -2,10 +2,10 @@
 
     python tests/crash_job.py RUN_DIR MOMENT N raise|kill
 
-MOMENT is "train" (the Nth training iteration), "save" (the Nth checkpoint, half written)
-or "eval" (the Nth image of the evaluation); "kill" is SIGKILL (nothing runs after it),
-"raise" an exception, as a bug or an out-of-memory error would. Exit code 86 if the moment
-never came.
+MOMENT is "train" (the Nth training iteration, of either loop), "save" (the Nth
+checkpoint, half written) or "eval" (the Nth image of the evaluation); "kill" is SIGKILL
+(nothing runs after it), "raise" an exception, as a bug or an out-of-memory error would.
+Exit code 86 if the moment never came.
 """
 
 import os
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from mmengine.fileio.backends import LocalBackend
-from mmengine.runner import IterBasedTrainLoop, ValLoop
+from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, ValLoop
 
 from seesaw_repro import job
 
@@ -47,11 +47,12 @@ def crash_at(owner: type, method: str, n: int, how: str) -> None:
 
 if __name__ == "__main__":
     run_dir, moment, n, how = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    owner, method = {
-        "train": (IterBasedTrainLoop, "run_iter"),
-        "save": (LocalBackend, "put"),
-        "eval": (ValLoop, "run_iter"),
+    owners = {
+        "train": [IterBasedTrainLoop, EpochBasedTrainLoop],  # whichever the run's config has
+        "save": [LocalBackend],
+        "eval": [ValLoop],
     }[moment]
-    crash_at(owner, method, n, how)
+    for owner in owners:
+        crash_at(owner, "put" if moment == "save" else "run_iter", n, how)
     code = job.main(run_dir.resolve())
     sys.exit(NEVER_CAME if code == 0 else code)

@@ -56,3 +56,41 @@ def test_tables_10_and_11_run_every_row_on_the_tiny_preset(tmp_path):
     seesaw = frame[(frame.table == "table10") & (frame.row == "seesaw")].run_id.item()
     assert frame[(frame.table == "table11") & (frame.row == "q1.0")].run_id.item() == seesaw
     assert len(list((tmp_path / "w" / "runs").iterdir())) == 14
+
+
+@pytest.mark.slow
+def test_a_classification_run_killed_mid_training_resumes_to_the_uninterrupted_weights(
+    tmp_path,
+):
+    import random as stdlib_random
+
+    import torch
+
+    from seesaw_repro import imagenet_lt
+    from seesaw_repro.classification_runs import PRESETS
+    from seesaw_repro.compat import load_from_local_safely
+    from seesaw_repro.executors import run_local
+    from seesaw_repro.recipes import load_table
+    from seesaw_repro.runs import RunDir, plan
+
+    data = imagenet_lt.ensure_digits(tmp_path / "digits", PRESETS["tiny"].digits)
+    run = plan(load_table("table10"), "tiny")[0]  # trained from scratch, 30 epochs
+    assert run_local([run], tmp_path / "straight", data) == {run.run_id: "done"}
+    killed = RunDir(tmp_path / "killed", run.run_id)
+    killed.prepare(run, data)
+    # a seeded moment well inside training: after epoch 1's checkpoint, before the last
+    n = stdlib_random.Random("classification 0").randint(100, 500)  # of ~600 iterations
+    crash_job = Path(__file__).parent / "crash_job.py"
+    crashed = subprocess.run(
+        [sys.executable, str(crash_job), str(killed.path), "train", str(n), "kill"],
+        capture_output=True,
+    )
+    assert crashed.returncode == -9 and not killed.is_done()
+    assert run_local([run], tmp_path / "killed", data) == {run.run_id: "done"}
+    assert "resumed epoch" in killed.log_file.read_text()
+    straight = RunDir(tmp_path / "straight", run.run_id)
+    assert killed.metrics() == straight.metrics(), f"killed at iteration {n}"
+    final = f"epoch_{run.config['train_cfg']['max_epochs']}.pth"
+    mine = load_from_local_safely(str(killed.path / final))["state_dict"]
+    theirs = load_from_local_safely(str(straight.path / final))["state_dict"]
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs), f"killed at iteration {n}"
