@@ -76,6 +76,7 @@ def test_failed_runs_wait_for_retry_failed_and_force_keeps_the_old_folder(
     assert old.name.startswith(f"{run.run_id}.old-")
 
 
+@pytest.mark.slow  # starts a training job
 def test_a_diverging_run_fails_at_its_first_non_finite_loss(
     tmp_path, quick_data, quick_preset, monkeypatch
 ):
@@ -114,6 +115,7 @@ def test_status_lists_every_run_with_its_state(tmp_path):
     assert result.stdout.count("planned") == 6
 
 
+@pytest.mark.slow  # starts a training job
 def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick_preset):
     import time
 
