@@ -40,8 +40,7 @@ def read_json(path: Path) -> Any | None:
         # The suite writes atomically, so this file was changed by something else.
         raise UserError(
             f"{path} is not valid JSON ({type(err).__name__}: {err}); it was not written by "
-            "seesaw-repro: "
-            "delete it and the run's state is read again from its other files"
+            "seesaw-repro: delete it and the run's state is read again from its other files"
         ) from err
 
 

@@ -38,7 +38,7 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
     """Train and evaluate the run in `run_dir` with `gpus` GPUs on this node (0: CPU);
     returns the process exit code."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-    run = RunDir(run_dir.parent.parent, run_dir.name)
+    run = RunDir.of(run_dir)
     if run.is_done():  # e.g. a finished Slurm job requeued by hand: nothing to redo
         print(f"{run_dir} is done already; not training it again", file=sys.stderr)
         return 0

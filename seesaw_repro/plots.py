@@ -209,7 +209,7 @@ def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> lis
     x = np.arange(len(GROUP_NAMES))
     for k, (label, run_dir) in enumerate(runs.items()):
         accuracy = group_accuracy(run_dir, train_ann)
-        metrics = RunDir(Path(run_dir).parent.parent, Path(run_dir).name).metrics() or {}
+        metrics = RunDir.of(run_dir).metrics() or {}
         ap = [metrics.get(f"AP_{g}", np.nan) for g in GROUP_NAMES]
         offset = (k - (len(runs) - 1) / 2) * width
         left.bar(x + offset, [accuracy[g] for g in GROUP_NAMES], width, label=label)

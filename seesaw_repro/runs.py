@@ -140,6 +140,12 @@ class RunDir:
         self.run_id = run_id
         self.path = Path(work_dir) / "runs" / run_id
 
+    @classmethod
+    def of(cls, path: Path) -> RunDir:
+        """The run whose folder is `path` (<work dir>/runs/<run id>)."""
+        path = Path(path)
+        return cls(path.parent.parent, path.name)
+
     @property
     def config_file(self) -> Path:
         return self.path / "config.py"
