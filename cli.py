@@ -180,6 +180,7 @@ def repro(
     if executor not in ("local", "slurm"):
         raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
     spec_table = recipes.load_table(table)
+    report.paper_numbers(spec_table)  # a recipe the report cannot show fails before training
     seed_list = runs.parse_seeds(seeds)
     planned = runs.plan(spec_table, preset, seed_list)
     if executor == "slurm":

@@ -35,11 +35,9 @@ class ClassificationSpec(SpecFields):
     }
 
     def __post_init__(self) -> None:
-        self.check_choices()
+        self.check_fields()
         if self.decoupled in ("lws", "tau_norm", "ncm") and self.loss != "ce":
             raise SpecError(f"decoupled = {self.decoupled!r} is defined for loss = 'ce' only")
-        if not isinstance(self.seed, int):
-            raise SpecError(f"seed must be an integer, not {self.seed!r}")
 
     @property
     def summary(self) -> str:

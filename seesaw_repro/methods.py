@@ -36,8 +36,22 @@ class SpecFields:
 
     CHOICES: dict[str, tuple] = {}
 
-    def check_choices(self) -> None:
-        """Raise a SpecError for a field whose value is not one of its CHOICES."""
+    def check_fields(self) -> None:
+        """Raise a SpecError for a field of the wrong type (a number must be >= 0) or a
+        value not among its CHOICES."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "bool" and not isinstance(value, bool):
+                raise SpecError(f"{field.name} must be true or false, not {value!r}")
+            if field.type == "str" and not isinstance(value, str):
+                raise SpecError(f"{field.name} must be a string, not {value!r}")
+            if field.type in ("int", "float"):
+                kinds = (int,) if field.type == "int" else (int, float)
+                if isinstance(value, bool) or not isinstance(value, kinds):
+                    kind = "a whole number" if field.type == "int" else "a number"
+                    raise SpecError(f"{field.name} must be {kind} >= 0, not {value!r}")
+                if not value >= 0 or value == float("inf"):
+                    raise SpecError(f"{field.name} must be >= 0 and finite, not {value!r}")
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise SpecError(f"{name} = {getattr(self, name)!r} is not one of {allowed}")
@@ -113,13 +127,9 @@ class RunSpec(SpecFields):
     }
 
     def __post_init__(self) -> None:
-        self.check_choices()
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.type == "bool" and not isinstance(value, bool):
-                raise SpecError(f"{field.name} must be true or false, not {value!r}")
-        if type(self.seed) is not int or self.seed < 0:
-            raise SpecError(f"seed must be a whole number >= 0, not {self.seed!r}")
+        self.check_fields()
+        if self.tau == 0:
+            raise SpecError("tau must be > 0: NLA divides by it")
         needs_htc_lite = {"box_head": self.box_head == "tsd", "mask_scoring": self.mask_scoring}
         for name, used in needs_htc_lite.items():
             if used and self.model != "htc_lite":

@@ -116,6 +116,7 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
     for key in ("title", "rows"):
         if key not in data:
             raise RecipeError(f"{path}: missing top-level key {key!r}")
+    _check_types(path, data)
     task = data.get("task", "lvis")
     if task not in ("lvis", CLASSIFICATION):
         raise RecipeError(f"{path}: task {task!r} is not 'lvis' or {CLASSIFICATION!r}")
@@ -132,6 +133,11 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
         where = f"row {index}"
         if "key" not in row:
             raise RecipeError(f"{path}: {where} has no 'key'")
+        if not isinstance(row["key"], str) or not re.fullmatch(r"[\w.+-]+", row["key"]):
+            raise RecipeError(
+                f"{path}: {where}'s key must be a word (letters, digits, _ . + -), "
+                f"not {row['key']!r}"
+            )
         if row["key"] in seen:
             raise RecipeError(f"{path}: {where} repeats key {row['key']!r}")
         seen.add(row["key"])
@@ -168,6 +174,34 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
         note=data.get("note", ""),
         claims=tuple(_claims(path, data.get("claims", []), keys, stem)),
     )
+
+
+# The top-level keys of a recipe and their types; a row's keys are its spec's fields.
+TOP_LEVEL = {
+    "title": str,
+    "caption": str,
+    "note": str,
+    "task": str,
+    "baseline": str,
+    "cumulative": bool,
+    "columns": list,
+    "extra_metrics": list,
+    "claims": list,
+    "defaults": dict,
+    "rows": list,
+}
+
+
+def _check_types(path: Path, data: dict) -> None:
+    """A RecipeError for a top-level key that is unknown or of the wrong type, or rows that
+    are not a non-empty list of tables ([[rows]])."""
+    _check_keys(path, "the top level", data, set(TOP_LEVEL))
+    for key, value in data.items():
+        if not isinstance(value, TOP_LEVEL[key]):
+            kind = {str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+            raise RecipeError(f"{path}: {key} must be {kind[TOP_LEVEL[key]]}, not {value!r}")
+    if not data["rows"] or not all(isinstance(row, dict) for row in data["rows"]):
+        raise RecipeError(f"{path}: rows must be one or more [[rows]] tables, each with a key")
 
 
 def _claims(path: Path, entries: list, keys: list[str], stem: str) -> list[Claim]:

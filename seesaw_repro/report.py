@@ -42,10 +42,35 @@ def paper_numbers(table: Table) -> pd.DataFrame:
         frame["note"] = ""
         return frame
     if not table.paper_csv.exists():
-        raise RecipeError(f"the paper's numbers for {table.name} are missing: {table.paper_csv}")
-    frame = pd.read_csv(table.paper_csv, dtype=str, keep_default_na=False).set_index("row")
+        raise RecipeError(
+            f"the paper's numbers for {table.name} are missing: write {table.paper_csv} "
+            "(README, 'Adding a table')"
+        )
+    frame = pd.read_csv(table.paper_csv, dtype=str, keep_default_na=False)
+    needed = ["row", "note", *metrics_of(table)]
+    absent = [column for column in needed if column not in frame.columns]
+    if absent:
+        raise RecipeError(f"{table.paper_csv} has no column {', '.join(absent)}")
+    frame = frame.set_index("row")
+    missing = [row.key for row in table.rows if row.key not in frame.index]
+    if missing:
+        raise RecipeError(f"{table.paper_csv} has no row for {', '.join(missing)}")
+    recipe_rows = {row.key for row in table.rows}
+    unexplained = [k for k in frame.index if k not in recipe_rows and not frame.at[k, "note"]]
+    if unexplained:
+        raise RecipeError(
+            f"{table.paper_csv}: row(s) {', '.join(unexplained)} have no recipe row and no "
+            "note saying why"
+        )
     for metric in metrics_of(table):
-        frame[metric] = pd.to_numeric(frame[metric].replace("", math.nan))
+        numbers = pd.to_numeric(frame[metric].replace("", math.nan), errors="coerce")
+        bad = frame.index[numbers.isna() & (frame[metric] != "")]
+        if len(bad):
+            raise RecipeError(
+                f"{table.paper_csv}: {metric} of row {bad[0]} is {frame.at[bad[0], metric]!r}, "
+                "not a number (leave a cell the paper does not give empty, with a note)"
+            )
+        frame[metric] = numbers
     return frame
 
 
@@ -57,16 +82,7 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
     or a split the suite does not run) is listed with state "not run" and its note. The
     column "values" keeps each metric's {seed: value} (for claims)."""
     paper = paper_numbers(table)
-    missing = [row.key for row in table.rows if row.key not in paper.index]
-    if missing:
-        raise RecipeError(f"{table.paper_csv} has no row for {', '.join(missing)}")
     recipe_rows = {row.key: row for row in table.rows}
-    unexplained = [k for k in paper.index if k not in recipe_rows and not paper.at[k, "note"]]
-    if unexplained:
-        raise RecipeError(
-            f"{table.paper_csv}: row(s) {', '.join(unexplained)} have no recipe row and no "
-            "note saying why"
-        )
     seeds = list(seeds)
     records = []
     for key in paper.index:

@@ -131,6 +131,53 @@ def test_bad_value_in_recipe_is_exit_2(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
+    "recipe,expected",
+    [
+        ('[defaults]\nq = "abc"\n[[rows]]\nkey = "a"', "row 1 (a): q must be a number >= 0"),
+        ('[[rows]]\nkey = "a"\nq = -1', "row 1 (a): q must be >= 0 and finite, not -1"),
+        ('[[rows]]\nkey = "a"\ntau = 0', "tau must be > 0"),
+        ('[[rows]]\nkey = "a"\nseed = 1.5', "seed must be a whole number >= 0, not 1.5"),
+        ('[[rows]]\nkey = "a"\nsampler = 1', "sampler must be a string, not 1"),
+        ("[[rows]]\nkey = 5", "row 1's key must be a word"),
+        ("rows = []", "rows must be one or more [[rows]] tables"),
+        ('rows = "abc"', "rows must be a list, not 'abc'"),
+        ('caption = 5\n[[rows]]\nkey = "a"', "caption must be a string, not 5"),
+        ('colour = 1\n[[rows]]\nkey = "a"', "the top level sets unknown key(s) colour"),
+        ('[defaults]\nmitigaton = true\n[[rows]]\nkey = "a"', "[defaults] sets unknown key"),
+    ],
+)
+def test_recipe_of_wrong_type_is_one_line_before_anything_runs(
+    tmp_path, monkeypatch, recipe, expected
+):
+    (tmp_path / "table77.toml").write_text(f'title = "t"\n{recipe}\n')
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    result = runner.invoke(app, ["plan", "table77"], terminal_width=400)
+    assert result.exit_code == 2
+    assert expected in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "csv,expected",
+    [
+        (None, "the paper's numbers for table77 are missing: write"),
+        ("row,AP,note\na,1,\n", "has no column AP_r"),
+        ("row,AP,AP_r,AP_c,AP_f,AP_box,note\nb,1,2,3,4,5,\n", "has no row for a"),
+        ("row,AP,AP_r,AP_c,AP_f,AP_box,note\na,1,x,3,4,5,\n", "AP_r of row a is 'x'"),
+    ],
+)
+def test_repro_checks_the_papers_numbers_before_training(tmp_path, monkeypatch, csv, expected):
+    (tmp_path / "table77.toml").write_text('title = "t"\n[[rows]]\nkey = "a"\n')
+    if csv is not None:
+        (tmp_path / "table77.csv").write_text(csv)
+    monkeypatch.setattr(recipes, "RECIPE_DIR", tmp_path)
+    monkeypatch.setattr(recipes, "PAPER_DIR", tmp_path)
+    work = tmp_path / "work"
+    result = runner.invoke(app, ["repro", "table77", "--work-dir", str(work)], terminal_width=400)
+    assert result.exit_code == 2 and expected in result.output
+    assert not work.exists()  # nothing generated, nothing trained
+
+
+@pytest.mark.parametrize(
     "row,expected",
     [
         ('same_as = "table02:b"\nsampler = "random"', "has same_as, so it may set nothing else"),
