@@ -3,9 +3,11 @@ Segmentation" (Wang et al., CVPR 2021) with mmdetection, and compare with the pa
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,11 @@ weights_app = typer.Typer(
 )
 app.add_typer(weights_app, name="weights", no_args_is_help=True)
 console = Console(stderr=True)
+
+
+def say(text: str) -> None:
+    """Print a message on stderr as written: paths and names in it are not rich markup."""
+    console.print(text, markup=False, highlight=False)
 
 
 def _work_dir(path: Path) -> Path:
@@ -69,8 +76,21 @@ def _seeds(text: str | None, work_dir: Path) -> list[int]:
     return runs.parse_seeds(text) if text is not None else runs.seeds_in(work_dir)
 
 
+OS_ERROR_HINTS = {
+    errno.ENOSPC: " (the disk is full: free space, or give a --work-dir on another disk)",
+    errno.EDQUOT: " (over the disk quota: free space, or give a --work-dir on another disk)",
+    errno.EACCES: " (not writable: give a folder you can write, e.g. --work-dir)",
+    errno.EPERM: " (not writable: give a folder you can write, e.g. --work-dir)",
+    errno.EROFS: " (a read-only file system: give a folder you can write, e.g. --work-dir)",
+    errno.ENOENT: " (a folder on the way does not exist, or cannot be made there)",
+    errno.ENOTDIR: " (a file stands where a folder is needed)",
+    errno.EISDIR: " (a folder stands where a file is needed)",
+}
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a UserError into one line on stderr and exit code 2, without a traceback."""
+    """Turn a UserError, or an OSError (a path the file system refused, a full disk), into
+    one line on stderr and exit code 2, without a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -78,6 +98,14 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except UserError as err:
             console.print(f"[red]error:[/] {escape(str(err))}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+        except BrokenPipeError:  # the reader of stdout left (`seesaw plan all | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        except OSError as err:  # the file system refused a path given, or a disk is full
+            where = f": {err.filename}" if err.filename else ""
+            message = f"{err.strerror or err}{where}{OS_ERROR_HINTS.get(err.errno, '')}"
+            console.print(f"[red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -107,6 +135,7 @@ def repro(
         0,
         "--jobs",
         min=0,
+        max=1024,
         help="CPU runs (--gpus 0) trained at once, sharing the cores; 0 = one per core (one "
         "thread each: on a CPU most of a step is single-threaded, so this is the fastest). "
         "GPU runs are packed onto this machine's GPUs, --gpus each.",
@@ -208,7 +237,7 @@ def repro(
             needs = f" after {', '.join(run.needs)}" if run.needs else ""
             typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
         return
-    console.print(
+    say(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
     )
@@ -218,7 +247,7 @@ def repro(
         )
         if not wait:
             queued = sum(state == "queued" for state in states.values())
-            console.print(
+            say(
                 f"{queued} job(s) submitted; `seesaw status {table}` follows them and "
                 f"`seesaw report {table}` shows what is done"
             )
@@ -327,8 +356,10 @@ def _write_or_print(text: str | None, out: Path | None) -> None:
     from seesaw_repro.files import write_text_atomic
 
     if out:
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder: give a file name, e.g. {out}/table.md")
         write_text_atomic(out, text)
-        console.print(f"wrote {out}")
+        say(f"wrote {out}")
     elif text is not None:
         typer.echo(text, nl=False)
 
@@ -350,7 +381,7 @@ def collect(
 
     frame = results.collect(work_dir)
     written = results.save(frame, out)
-    console.print(
+    say(
         f"{len(frame)} rows from {frame.run_id.nunique()} runs: wrote "
         f"{', '.join(map(str, written))}"
     )
@@ -425,7 +456,7 @@ def cancel(
             run_dir.status().get("executor") == "slurm" and slurm.cancel(run_dir)
         ):
             stopped.append(run.run_id)
-    console.print(f"cancelled {len(stopped)} run(s){': ' if stopped else ''}{', '.join(stopped)}")
+    say(f"cancelled {len(stopped)} run(s){': ' if stopped else ''}{', '.join(stopped)}")
 
 
 def _tables(table: str) -> list:
@@ -521,7 +552,7 @@ def config(
         if not out.parent.is_dir():
             raise UserError(f"--out {out}: the folder {out.parent} does not exist; create it first")
         write_text_atomic(out, cfg.pretty_text)
-        console.print(f"wrote {out} (run {run.run_id}: {', '.join(run.rows)})")
+        say(f"wrote {out} (run {run.run_id}: {', '.join(run.rows)})")
     else:
         typer.echo(cfg.pretty_text)
 
@@ -592,7 +623,7 @@ def plot_gradients(
         _train_annotations(preset, data_root, work_dir),
         _figure_out(out, work_dir, "figure3"),
     )
-    console.print(f"wrote {', '.join(map(str, written))}")
+    say(f"wrote {', '.join(map(str, written))}")
 
 
 @plot_app.command("tail-accuracy")
@@ -614,7 +645,7 @@ def plot_tail_accuracy(
         _train_annotations(preset, data_root, work_dir),
         _figure_out(out, work_dir, "figure1"),
     )
-    console.print(f"wrote {', '.join(map(str, written))}")
+    say(f"wrote {', '.join(map(str, written))}")
 
 
 @plot_app.command("per-category")
@@ -655,8 +686,8 @@ def plot_per_category(
         _figure_out(out, work_dir, "figure4"),
     )
     if missing:
-        console.print(f"[yellow]not done, left out:[/] {', '.join(missing)}")
-    console.print(f"wrote {', '.join(map(str, written))}")
+        console.print(f"[yellow]not done, left out:[/] {escape(', '.join(missing))}")
+    say(f"wrote {', '.join(map(str, written))}")
 
 
 @app.command("eval")
@@ -675,7 +706,7 @@ def eval_command(
 
     if not ann.exists():
         raise UserError(f"the annotation file {ann} does not exist")
-    with console.status(f"Evaluating {results_file} ({iou_type}) ..."):
+    with console.status(escape(f"Evaluating {results_file} ({iou_type}) ...")):
         found = lvis_eval.evaluate(ann, results_file, iou_type)
     typer.echo("  ".join(f"{k} {100 * found[k]:.2f}" for k in ("AP", "AP_r", "AP_c", "AP_f")))
 
@@ -699,20 +730,22 @@ def weights_fetch(
     planned = runs.plan_tables(_tables(table), preset)
     names = sorted(pretrained.names_in([run.config for run in planned]))
     if not names:
-        console.print(f"the {preset} preset's runs of {table} start from no pretrained checkpoint")
+        say(f"the {preset} preset's runs of {table} start from no pretrained checkpoint")
     for name in names:
         path = pretrained.cache_path(name)
         if not path.is_file():
-            console.print(f"{name}: downloading {pretrained.url_of(name)} to {path}")
+            say(f"{name}: downloading {pretrained.url_of(name)} to {path}")
         pretrained.fetch(name)
-        console.print(f"{name}: in the cache at {path}")
+        say(f"{name}: in the cache at {path}")
 
 
 @data_app.command("synth")
 @user_errors
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the dataset into."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Random seed; the same seed gives the same files."
+    ),
 ) -> None:
     """Generate a long-tailed instance-segmentation dataset in LVIS v1 format.
 
@@ -726,7 +759,7 @@ def data_synth(
     spec = replace(presets.TINY.synth, seed=seed)
     with console.status(f"Generating {spec.num_train_images} + {spec.num_val_images} images ..."):
         paths = synth.generate(out, spec)
-    console.print(f"wrote {paths['train']} and {paths['val']}")
+    say(f"wrote {paths['train']} and {paths['val']}")
 
 
 if __name__ == "__main__":

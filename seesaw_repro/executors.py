@@ -190,7 +190,9 @@ def run_local(
                     reason = failed_dependency(run.needs)
                     run_dir.set_status("failed", reason=reason, ended=time.time())
                     states[run.run_id] = "failed"
-                    console.print(f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {reason}")
+                    console.print(
+                        f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {escape(reason)}"
+                    )
                 while slots and (ready := _ready(pending, states)):
                     run, run_dir = ready
                     pending.remove(ready)
@@ -236,7 +238,7 @@ def run_local(
                         reason = item.run_dir.status().get("reason", f"exit code {code}")
                         console.print(
                             f"[red]{state}[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
-                            f"{escape(reason)}; see {item.run_dir.log_file}"
+                            + escape(f"{reason}; see {item.run_dir.log_file}")
                         )
         except KeyboardInterrupt:
             # The jobs stop; their checkpoints stay, and the next `seesaw repro` resumes them.

@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -71,8 +73,8 @@ class GroundTruth:
         """Image index and pair key of each (image id, category id); pair key -1 for a
         category this file lacks (lvis-api skips those); an image it lacks is an error, as in
         lvis-api."""
-        images = np.fromiter(image_ids, dtype=np.int64)
-        categories = np.fromiter(category_ids, dtype=np.int64)
+        images = _numbers(image_ids, True, "image_id")
+        categories = _numbers(category_ids, True, "category_id")
         image = _index_in(self.image_ids, images)
         if (image < 0).any():
             raise UserError(
@@ -81,6 +83,28 @@ class GroundTruth:
             )
         category = _index_in(self.category_ids, categories)
         return image, np.where(category < 0, -1, image * len(self.category_ids) + category)
+
+
+def _numbers(values: Iterable, whole: bool, field: str) -> np.ndarray:
+    """`values` as an array, if each is a JSON number (a whole one if `whole`) and finite:
+    lvis-api fails on a string image_id and ranks a null score first."""
+    values = list(values)
+    array = np.array(values)
+    kind = array.dtype.kind
+    if array.size and (
+        kind not in ("iu" if whole else "iuf") or (kind == "f" and not np.isfinite(array).all())
+    ):
+        bad = next((v for v in values if not _is_number(v, whole)), values[0])
+        raise UserError(
+            f"every {field} must be {'a whole' if whole else 'a finite'} number, not {bad!r}"
+        )
+    return array.astype(np.int64 if whole else np.float64, copy=False)
+
+
+def _is_number(value: Any, whole: bool) -> bool:
+    if whole:
+        return type(value) is int
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _index_in(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -102,8 +126,17 @@ def load_ground_truth(ann_file: Path, iou_type: str) -> GroundTruth:
         annotations = data["annotations"]
     except FileNotFoundError:
         raise UserError(f"the annotation file {ann_file} does not exist") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise UserError(f"{ann_file} is not an LVIS annotation file ({error})") from None
+    except IsADirectoryError:
+        raise UserError(f"the annotation file {ann_file} is a folder") from None
+    except (ValueError, KeyError, TypeError) as error:  # ValueError: not JSON or not UTF-8
+        raise UserError(
+            f"{ann_file} is not an LVIS annotation file ({type(error).__name__}: {error})"
+        ) from None
+    if not annotations:
+        raise UserError(
+            f"{ann_file} has no annotations: an image-info file (such as test-dev's) cannot be "
+            "evaluated here; the LVIS evaluation server scores test-dev"
+        )
     gt = GroundTruth(
         image_ids=np.array([image["id"] for image in images], dtype=np.int64),
         category_ids=np.array([category["id"] for category in categories], dtype=np.int64),
@@ -209,7 +242,7 @@ def read_detections(batches: Iterable[list[dict]], gt: GroundTruth, iou_type: st
             image, pair = gt.locate(
                 (d["image_id"] for d in batch), (d["category_id"] for d in batch)
             )
-            scores.append(np.array([d["score"] for d in batch], dtype=np.float64))
+            scores.append(_numbers((d["score"] for d in batch), False, "score"))
             if iou_type == "bbox":
                 boxes.append(np.array([d["bbox"] for d in batch], dtype=np.float64).reshape(-1, 4))
             else:
@@ -409,8 +442,8 @@ def evaluate(ann_file: Path, detections: list[dict] | Path, iou_type: str = "seg
         gt = load_ground_truth(ann_file, iou_type)
         if isinstance(detections, list):
             batches: Iterable[list[dict]] = [detections]
-        elif not Path(detections).exists():
-            raise UserError(f"the detection file {detections} does not exist")
+        elif not Path(detections).is_file():
+            raise UserError(f"the detection file {detections} does not exist or is a folder")
         else:
             batches = json_list_items(Path(detections))
         dets = read_detections(batches, gt, iou_type)

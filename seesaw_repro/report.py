@@ -12,6 +12,7 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
+from rich.text import Text
 
 from . import configs, verdicts
 from .recipes import RecipeError, Table
@@ -298,15 +299,17 @@ def _grid(
     effects = view == "effects"
     header = (["row"] if table.is_figure else []) + list(table.columns)
     header += (["vs"] if effects else []) + list(metrics_of(table).values()) + ["run"]
+    text = escape if markup else str  # the recipe's and the paper's text is not markup
     rows = []
     for rec in frame.to_dict("records"):
         cells = ([rec["row"]] if table.is_figure else []) + [rec[c] for c in table.columns]
+        cells += [rec["baseline"] or "baseline"] if effects else []
+        cells = [text(cell) for cell in cells]
         if effects:
-            cells.append(rec["baseline"] or "baseline")
             cells += [_effect_cell(rec, m, markup) for m in metrics_of(table)]
         else:
             cells += [_cell(rec, m, table.is_figure, markup) for m in metrics_of(table)]
-        rows.append([*cells, f"{rec['run_id'][:7]} {rec['state']}".strip()])
+        rows.append([*cells, text(f"{rec['run_id'][:7]} {rec['state']}".strip())])
     return header, rows
 
 
@@ -370,9 +373,11 @@ def footnotes(table: Table, frame: pd.DataFrame, preset: str, view: str = "auto"
 
 
 def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str]]) -> RichTable:
-    out = RichTable(title=title, caption=caption, show_lines=False)
+    """A rich table of `rows`, whose cells may hold markup; title, caption and header are
+    shown as written."""
+    out = RichTable(title=Text(title), caption=Text(caption), show_lines=False)
     for name in header:
-        out.add_column(name, overflow="fold", no_wrap=name not in ("claim", "rows"))
+        out.add_column(Text(name), overflow="fold", no_wrap=name not in ("claim", "rows"))
     out.columns[-1].style = "dim"
     for cells in rows:
         out.add_row(*cells)
@@ -390,7 +395,7 @@ def render(
         header, rows = _grid(table, frame, markup=True, view=shown)
         out = _rich_table(title, table.caption, header, rows)
         for column in out.columns:
-            if column.header in metrics_of(table).values():
+            if str(column.header) in metrics_of(table).values():
                 column.justify = "right"
         console.print(out)
     if table.claims:
@@ -403,6 +408,7 @@ def render(
 def render_claims(claims_frame: pd.DataFrame, console: Console, title: str) -> None:
     """Print claims and their verdicts as a rich table, with the counts per verdict."""
     header, rows = _claim_grid(claims_frame, with_table=claims_frame.table.nunique() > 1)
+    rows = [[escape(cell) for cell in cells] for cells in rows]
     console.print(_rich_table(title, verdict_counts(claims_frame), header, rows))
 
 

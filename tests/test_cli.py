@@ -1,5 +1,6 @@
 """The `seesaw` command as a user meets it: help texts and one-line errors with exit code 2."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from seesaw_repro import presets, recipes
+from seesaw_repro.files import write_text_atomic
 
 runner = CliRunner()
 
@@ -89,14 +91,52 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
             ("config", "485fec", "--out", "no/such/c.py"),
             "--out no/such/c.py: the folder no/such does not exist",
         ),
+        (("repro", "table2", "--work-dir", "/proc/w"), "No such file or directory: /proc/w"),
+        (("data", "synth", "--out", "afile"), "Not a directory: afile/train2017"),
+        (("report", "table2", "--out", "."), "--out . is a folder: give a file name"),
+        (("eval", "--ann", "garbage", "dets.json"), "garbage is not an LVIS annotation file"),
+        (("eval", "--ann", "ann.json", "."), "the detection file . does not exist or is a folder"),
+        (("eval", "--ann", "info.json", "dets.json"), "info.json has no annotations"),
+        (("eval", "--ann", "ann.json", "null.json"), "every score must be a finite number, not"),
+        (
+            ("eval", "--ann", "ann.json", "str.json"),
+            "every image_id must be a whole number, not '1'",
+        ),
+        (("repro", "t[/x]", "--work-dir", "w[/x]"), "'t[/x]' is not a table or figure name"),
     ],
 )
 def test_bad_input_is_one_line_with_the_users_text(tmp_path, args, expected):
     (tmp_path / "afile").write_text("")
+    (tmp_path / "garbage").write_bytes(bytes(range(256)))
+    image = {"id": 1, "height": 8, "width": 8}
+    category = {"id": 1, "frequency": "r", "name": "a"}
+    box = {"bbox": [0, 0, 4, 4], "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]}
+    ann = {"images": [image], "categories": [category]}
+    annotation = {"id": 1, "image_id": 1, "category_id": 1, "area": 16, **box}
+    (tmp_path / "ann.json").write_text(json.dumps({**ann, "annotations": [annotation]}))
+    (tmp_path / "info.json").write_text(json.dumps({**ann, "annotations": []}))
+    detection = {"image_id": 1, "category_id": 1, "score": 0.5, **box}
+    for name, change in [("dets", {}), ("null", {"score": None}), ("str", {"image_id": "1"})]:
+        (tmp_path / f"{name}.json").write_text(json.dumps([{**detection, **change}]))
     result = _seesaw(*args, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected}")
+
+
+def test_paths_are_printed_as_written_not_as_markup(tmp_path):
+    (tmp_path / "c[").mkdir()
+    result = _seesaw("config", "1190b58f", "--out", "c[/x][bold].py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("wrote c[/x][bold].py")
+    assert (tmp_path / "c[" / "x][bold].py").is_file()
+
+
+def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_text_atomic(tmp_path / "out", "text")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
 def test_unknown_preset_is_exit_2(tmp_path):
