@@ -4,6 +4,7 @@ is Section 4.1 of the paper on LVIS v1. Both take the method parts from methods.
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -547,7 +548,25 @@ class PaperPreset:
                 f"{data_root} is not an LVIS v1 data root: missing {', '.join(missing)} "
                 "(annotations from lvisdataset.org, images from cocodataset.org, 2017 splits)"
             )
+        for name in LVIS_V1_FILES:
+            if name.endswith(".json"):
+                _check_json_object(Path(data_root) / name)
         return Path(data_root)
+
+
+def _check_json_object(path: Path) -> None:
+    """A UserError unless `path` starts with "{" and ends with "}": LVIS v1's train file is
+    1 GB, parsed by each run, so only its ends are read here; a truncated download or
+    another kind of file is one line now, not a traceback in every job."""
+    with open(path, "rb") as file:
+        head = file.read(64).lstrip()
+        file.seek(max(0, file.seek(0, os.SEEK_END) - 64))
+        tail = file.read().rstrip()
+    if not (head.startswith(b"{") and tail.endswith(b"}")):
+        raise UserError(
+            f"{path} is not a whole JSON object (truncated, or another file): download it "
+            "again from lvisdataset.org"
+        )
 
 
 PAPER = PaperPreset()

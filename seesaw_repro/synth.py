@@ -249,6 +249,9 @@ def _federated_labels(images: list[dict], anns: list[dict], num_categories: int)
 TEST_DEV_INFO = "annotations/lvis_v1_image_info_test_dev.json"  # as LVIS v1 names it
 
 
+LVIS_KEYS = ("images", "annotations", "categories")
+
+
 def annotation_paths(root: Path) -> dict[str, Path]:
     """Where the annotation files of a dataset rooted at `root` lie: train, val, and the
     test-dev image list (LVIS v1's test-dev has no public annotations; here it lists the
@@ -311,16 +314,34 @@ def check(root: Path, spec: SynthSpec) -> None:
     fix = f"generate it with `seesaw data synth --out {root}`, or leave out --data-root"
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist; {fix}")
-    for path in annotation_paths(root).values():
+    splits = {}
+    for split, path in annotation_paths(root).items():
         if not path.exists():
             raise UserError(f"data root {root} has no {path.relative_to(root)}; {fix}")
-    found = json.loads(annotation_paths(root)["val"].read_text()).get("info", {}).get("synth")
+        try:
+            splits[split] = json.loads(path.read_bytes())
+        except ValueError as err:  # truncated, or not text at all
+            raise UserError(f"{path} is not valid JSON ({err}); {fix}") from None
+        if not isinstance(splits[split], dict) or not set(LVIS_KEYS) <= splits[split].keys():
+            raise UserError(f"{path} is not an LVIS file (no {', '.join(LVIS_KEYS)}); {fix}")
     wanted = json.loads(json.dumps(asdict(spec)))
-    if found != wanted:
-        raise UserError(
-            f"data root {root} was generated with {found}, but the preset needs {wanted}; "
-            "point --data-root at another folder or leave it out"
-        )
+    for split, data in splits.items():
+        found = data.get("info", {}).get("synth") if isinstance(data.get("info"), dict) else None
+        if found != wanted:
+            raise UserError(
+                f"data root {root}'s {split} split was generated with {found}, but the preset "
+                f"needs {wanted}; point --data-root at another folder or leave it out"
+            )
+    for split in ("train", "val"):
+        images = [
+            root / i["coco_url"].removeprefix(LVIS_URL_PREFIX) for i in splits[split]["images"]
+        ]
+        missing = [path for path in images if not path.is_file()]
+        if missing:
+            raise UserError(
+                f"{len(missing)} of the {len(images)} {split} images are missing under {root}, "
+                f"e.g. {missing[0].relative_to(root)}; {fix}"
+            )
 
 
 def ensure(root: Path, spec: SynthSpec) -> Path:

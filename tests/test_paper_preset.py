@@ -67,6 +67,13 @@ def test_paper_preset_needs_an_lvis_data_root(tmp_path):
     (tmp_path / "annotations" / "lvis_v1_train.json").write_text("{}")
     with pytest.raises(UserError, match="missing annotations/lvis_v1_val.json, train2017, val2017"):
         presets.PAPER.prepare_data(tmp_path, tmp_path)
+    for folder in ("train2017", "val2017"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "annotations" / "lvis_v1_val.json").write_text('{"images": [{"id": 1}, {"i')
+    with pytest.raises(UserError, match="lvis_v1_val.json is not a whole JSON object"):
+        presets.PAPER.prepare_data(tmp_path, tmp_path)
+    (tmp_path / "annotations" / "lvis_v1_val.json").write_text('{"images": []}\n')
+    assert presets.PAPER.prepare_data(tmp_path, tmp_path) == tmp_path
 
 
 def test_r101_cascade_and_schedules_follow_the_captions():

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -114,6 +115,30 @@ def test_check_names_what_is_missing(tmp_path, tiny_data):
     with pytest.raises(UserError, match="generated with"):
         synth.check(tiny_data, replace(presets.TINY.synth, seed=7))
     synth.check(tiny_data, presets.TINY.synth)
+
+
+@pytest.mark.parametrize(
+    "damage,expected",
+    [
+        (lambda root: _cut(root / "annotations/lvis_v1_train.json"), "is not valid JSON"),
+        (lambda root: (root / "annotations/lvis_v1_val.json").write_text("[]"), "not an LVIS"),
+        (
+            lambda root: (root / "annotations/lvis_v1_train.json").write_bytes(bytes(range(256))),
+            "is not valid JSON",
+        ),
+        (lambda root: shutil.rmtree(root / "val2017"), "400 of the 400 val images are missing"),
+    ],
+)
+def test_a_damaged_data_root_is_named_before_any_run(tmp_path, tiny_data, damage, expected):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data, root)
+    damage(root)
+    with pytest.raises(UserError, match=expected):
+        synth.check(root, presets.TINY.synth)
+
+
+def _cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 ENSURE = {
