@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .files import read_json, write_text_atomic
+from .files import write_text_atomic
 from .runs import RunDir
 
 COLUMNS = [
@@ -33,10 +33,10 @@ def collect(work_dir: Path) -> pd.DataFrame:
     runs_dir = Path(work_dir) / "runs"
     folders = sorted(runs_dir.iterdir()) if runs_dir.exists() else []
     for folder in (f for f in folders if ".old-" not in f.name and f.is_dir()):
-        info = read_json(folder / "run.json")
+        run_dir = RunDir(Path(work_dir), folder.name)
+        info = run_dir.info()
         if info is None:
             continue
-        run_dir = RunDir(Path(work_dir), folder.name)
         state = run_dir.status()["state"]
         done = run_dir.result() or {}
         metrics = done.get("metrics") or {None: float("nan")}

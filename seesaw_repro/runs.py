@@ -30,6 +30,7 @@ from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
 
 STATUS_FILE = "status.json"
+RUN_FILE = "run.json"  # what the run is: its id, preset, spec, rows, needs, suite version
 LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -88,7 +89,7 @@ def seeds_in(work_dir: Path) -> list[int]:
     """The seeds of the runs in a work dir (from their run.json), at least [0]."""
     found = {0}
     for info_file in (Path(work_dir) / "runs").glob("*/run.json"):
-        spec = (read_json(info_file) or {}).get("spec", {})
+        spec = (read_record(info_file) or {}).get("spec", {})
         found.add(spec.get("seed", 0))
     return sorted(found)
 
@@ -120,6 +121,36 @@ def _is_result(data: object) -> bool:
         isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
         for v in metrics.values()
     )
+
+
+# The fields of the suite's records in a run folder that readers rely on, and their types.
+RECORD_FIELDS = {
+    STATUS_FILE: {"state": str, "pid": int, "host": str, "reason": str, "job_id": str},
+    PROGRESS_FILE: {"phase": str, "iter": int, "max_iters": int},
+    RUN_FILE: {"run_id": str, "preset": str, "spec": dict, "rows": list, "needs": list},
+}
+
+
+def read_record(path: Path) -> dict | None:
+    """A record the suite wrote in a run folder (status, progress, run.json), None when
+    absent; one edited or damaged (not an object, a field of the wrong type, an unknown
+    state) is a UserError naming it."""
+    data = read_json(path)
+    if data is None:
+        return None
+    fields = RECORD_FIELDS[Path(path).name]
+    if not isinstance(data, dict):
+        wrong = ["the whole file"]
+    else:
+        wrong = [k for k, kind in fields.items() if k in data and not isinstance(data[k], kind)]
+        if data.get("state", "queued") not in STATES:
+            wrong.append(f"state {data['state']!r}")
+    if wrong:
+        raise UserError(
+            f"{path} was edited or damaged ({', '.join(wrong)} of the wrong type or value): "
+            "delete it, and the run's state is read again from its other files"
+        )
+    return data
 
 
 def _ended_here(status: dict) -> bool:
@@ -184,7 +215,7 @@ class RunDir:
         return self.result() is not None
 
     def progress(self) -> dict | None:
-        return read_json(self.path / PROGRESS_FILE)
+        return read_record(self.path / PROGRESS_FILE)
 
     def is_trained(self) -> bool:
         """Training ended (its final checkpoint is the newest) but metrics.json is missing:
@@ -200,7 +231,7 @@ class RunDir:
         """The recorded status; "done" whenever metrics exist, "planned" when nothing ran;
         "failed" when metrics.json is not a result, "cancelled" when the process recorded as
         training it on this host has ended without saying so (killed), each with the reason."""
-        recorded = read_json(self.path / STATUS_FILE) or {"state": "planned"}
+        recorded = read_record(self.path / STATUS_FILE) or {"state": "planned"}
         if self.is_done():
             return {**recorded, "state": "done"}
         if (self.path / METRICS_FILE).exists():
@@ -214,7 +245,7 @@ class RunDir:
     def set_status(self, state: str, **fields: object) -> None:
         """Record a state change, keeping the fields recorded before."""
         assert state in STATES, state
-        old = read_json(self.path / STATUS_FILE) or {}
+        old = read_record(self.path / STATUS_FILE) or {}
         if state in ("queued", "running"):  # a new attempt: the last one's outcome goes
             old = {k: v for k, v in old.items() if k not in ("reason", "ended", "returncode")}
         write_json_atomic(
@@ -225,7 +256,7 @@ class RunDir:
     def check_version(self) -> None:
         """Refuse a run folder written by another version of the suite: the same run id
         may not mean the same training there."""
-        made_by = (read_json(self.path / "run.json") or {"suite_version": SUITE_VERSION}).get(
+        made_by = (self.info() or {"suite_version": SUITE_VERSION}).get(
             "suite_version", "an unknown version"
         )
         if made_by != SUITE_VERSION:
@@ -233,6 +264,11 @@ class RunDir:
                 f"{self.path} was made by seesaw-repro {made_by}, this is {SUITE_VERSION}: "
                 "use another --work-dir, or move that folder away to train the run anew"
             )
+
+    def info(self) -> dict | None:
+        """run.json: the run's id, preset, spec, rows, needs and suite version (None when
+        the run was never prepared)."""
+        return read_record(self.path / RUN_FILE)
 
     def archive(self) -> Path:
         """Move the run's folder aside (to <run id>.old-<time>), so it can be trained anew
@@ -247,7 +283,7 @@ class RunDir:
         cfg = configs.materialise(run.config, data_root, self.path)
         write_text_atomic(self.config_file, cfg.pretty_text)
         write_json_atomic(
-            self.path / "run.json",
+            self.path / RUN_FILE,
             {
                 "run_id": run.run_id,
                 "preset": run.preset,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import UserError
-from .files import read_json, write_text_atomic
+from .files import write_text_atomic
 from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
 
 SCRIPT_FILE = "slurm.sbatch"
@@ -253,7 +253,7 @@ def refresh(run_dirs: list[RunDir]) -> dict[str, LiveJob]:
 
 
 def _mark_ended(run_dir: RunDir, status: dict) -> None:
-    needs = (read_json(run_dir.path / "run.json") or {}).get("needs", [])
+    needs = (run_dir.info() or {}).get("needs", [])
     parent_states = {n: RunDir(run_dir.path.parent.parent, n).status()["state"] for n in needs}
     failed_parents = [n for n, s in parent_states.items() if s in ("failed", "cancelled")]
     if status["state"] == "queued" and failed_parents:

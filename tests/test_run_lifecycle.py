@@ -145,13 +145,29 @@ def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick
     assert triage([run], tmp_path) == [(run, "resume")]
 
 
-def test_a_corrupt_status_file_is_one_clear_line(tmp_path):
-    run_id = plan(load_table("table2"), "tiny")[0].run_id
-    (tmp_path / "w" / "runs" / run_id).mkdir(parents=True)
-    (tmp_path / "w" / "runs" / run_id / "status.json").write_text('{"state": "runn')
-    result = _seesaw("status", "table2", "--work-dir", "w", cwd=tmp_path)
-    assert result.returncode == 2
-    assert "status.json is not valid JSON" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "command,name,text,expected",
+    [
+        ("status", "status.json", '{"state": "runn', "status.json is not valid JSON"),
+        ("report", "status.json", "\udcff\x00", "status.json is not valid JSON"),
+        ("status", "status.json", "[]", "status.json was edited or damaged (the whole file"),
+        ("report", "status.json", '{"state": 5}', "status.json was edited or damaged (state"),
+        ("status", "status.json", '{"state": "sleeping"}', "(state 'sleeping' of the wrong"),
+        ("status", "status.json", '{"state": "running", "pid": "x"}', "damaged (pid of the"),
+        ("status", "progress.json", '{"iter": "3"}', "progress.json was edited or damaged (iter"),
+        ("collect", "run.json", '{"spec": "x"}', "run.json was edited or damaged (spec"),
+    ],
+)
+def test_a_corrupt_run_record_is_one_clear_line(tmp_path, command, name, text, expected):
+    run = plan(load_table("table2"), "tiny")[0]
+    run_dir = RunDir(tmp_path / "w", run.run_id)
+    run_dir.prepare(run, tmp_path / "data")
+    (run_dir.path / name).write_bytes(text.encode("utf-8", "surrogateescape"))
+    args = [command] if command == "collect" else [command, "table2"]
+    result = _seesaw(*args, "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
 def test_a_run_folder_of_another_suite_version_is_one_clear_line(tmp_path):
