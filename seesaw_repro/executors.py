@@ -87,6 +87,7 @@ ACTIONS = {
     "done": "done; skipped (--force trains it again)",
     "failed": "failed before; skipped (--retry-failed runs it again)",
     "elsewhere": "being trained by another process or queued in Slurm now; skipped",
+    "watch": "being trained by another process here: waits for it to end",
     "redo": "done, but --force: trained again (the old run folder is kept)",
     "resume": "resumes from its newest checkpoint",
     "evaluate": "trained, but its evaluation did not finish: evaluates its final checkpoint",
@@ -94,7 +95,8 @@ ACTIONS = {
 }
 
 
-SKIPPED = {"done": "green", "failed": "red", "elsewhere": "yellow"}  # actions that do nothing
+# Actions that train nothing here, and their colours.
+SKIPPED = {"done": "green", "failed": "red", "elsewhere": "yellow", "watch": "yellow"}
 
 
 def _say_skipped(console: Console, run: PlannedRun, action: str) -> None:
@@ -139,23 +141,31 @@ def run_local(
 ) -> dict[str, str]:
     """Train and evaluate every run that `triage` says to, `jobs` at a time on the CPU, or
     with `gpus_per_run` GPUs each, as many at once as this machine's GPUs allow; returns run
-    id -> final state ("waiting" for a run whose needed run another process is training)."""
+    id -> final state ("waiting" for a run whose needed run Slurm has queued). A run that
+    another process here trains is waited for, and so are the runs that need it."""
     slots = gpu_slots(gpus_per_run, jobs)
     console = console or Console(stderr=True)
     states: dict[str, str] = {}
     pending: list[tuple[PlannedRun, RunDir]] = []
+    # Runs another process on this machine trains (it holds their lock): their end is
+    # awaited as this process's own, so that runs needing them start after them here.
+    watched: list[tuple[PlannedRun, RunDir]] = []
     for run, action in triage(runs, work_dir, retry_failed, force):
         run_dir = RunDir(work_dir, run.run_id)
-        if action in SKIPPED:
-            states[run.run_id] = "running" if action == "elsewhere" else action
-            _say_skipped(console, run, action)
-            continue
-        if action == "redo":
+        if action == "elsewhere" and run_dir.is_locked():
+            action = "watch"
+        elif action == "redo":
             run_dir.archive()
-        run_dir.prepare(run, data_root)
-        run_dir.set_status("queued")
-        pending.append((run, run_dir))
-    if not pending:
+        if action not in SKIPPED and not run_dir.queue(run, data_root):
+            action = "watch"  # another `repro` started it since triage
+        if action in SKIPPED:
+            states[run.run_id] = {"elsewhere": "running", "watch": "elsewhere"}.get(action, action)
+            _say_skipped(console, run, action)
+        if action == "watch":
+            watched.append((run, run_dir))
+        elif action not in SKIPPED:
+            pending.append((run, run_dir))
+    if not pending and not watched:
         return states
 
     threads = max(1, (os.cpu_count() or 1) // len(slots))
@@ -171,10 +181,15 @@ def run_local(
     with Progress(*columns, console=console, transient=False) as progress:
         overall = progress.add_task(f"{len(pending)} run(s) to train", total=len(pending))
         try:
-            while pending or active:
-                for run, run_dir in _blocked(
-                    pending, states, stalled=not active and _ready(pending, states) is None
-                ):
+            while pending or active or watched:
+                for run, run_dir in [item for item in watched if not item[1].is_locked()]:
+                    watched.remove((run, run_dir))
+                    state = "done" if run_dir.is_done() else run_dir.status()["state"]
+                    states[run.run_id] = state
+                    colour = "green" if state == "done" else "red"
+                    console.print(f"[{colour}]{state}[/] {run.run_id}: in another process")
+                stalled = not active and not watched and _ready(pending, states) is None
+                for run, run_dir in _blocked(pending, states, stalled):
                     pending.remove((run, run_dir))
                     progress.update(overall, advance=1)
                     needs = ", ".join(run.needs)
@@ -222,10 +237,9 @@ def run_local(
                     slots.append(item.gpus)
                     progress.update(overall, advance=1)
                     if code == LOCKED:  # another process took the run between triage and now
-                        states[item.run.run_id] = "running"
-                        console.print(
-                            f"[yellow]elsewhere[/] {item.run.run_id}: {ACTIONS['elsewhere']}"
-                        )
+                        states[item.run.run_id] = "elsewhere"
+                        watched.append((item.run, item.run_dir))
+                        _say_skipped(console, item.run, "watch")
                         continue
                     state = item.run_dir.status()["state"]
                     killed = {}
@@ -271,7 +285,8 @@ def _blocked(
 ) -> list[tuple[PlannedRun, RunDir]]:
     """Pending runs that can never start: a needed run ended without finishing (or, when
     nothing is running any more, is still not done)."""
-    ended = {"failed", "cancelled", "running", "waiting"}  # "running": in another process
+    # "running": queued or running in Slurm ("elsewhere", a process here, is waited for)
+    ended = {"failed", "cancelled", "running", "waiting"}
     return [
         item
         for item in pending

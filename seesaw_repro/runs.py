@@ -277,6 +277,18 @@ class RunDir:
         self.path.rename(target)
         return target
 
+    def queue(self, run: PlannedRun, data_root: Path) -> bool:
+        """Prepare the run and record it queued, under its lock so that a job of another
+        `repro` that started it meanwhile is not overwritten: False (nothing written) then."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = try_lock(self.path / LOCK_FILE)
+        if lock is None:
+            return False
+        with lock:
+            self.prepare(run, data_root)
+            self.set_status("queued")
+        return True
+
     def prepare(self, run: PlannedRun, data_root: Path) -> None:
         """Write the run's config and description (before it is queued)."""
         self.path.mkdir(parents=True, exist_ok=True)

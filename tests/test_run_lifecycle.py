@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,6 @@ def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, quick_data, wit
         assert holder.stdout.readline().strip() == "held"
         assert run_dir.is_locked()
         assert triage([run], tmp_path) == [(run, "elsewhere")]
-        assert run_local([run], tmp_path, quick_data) == {run.run_id: "running"}
         # A job started anyway (two `seesaw repro` racing) refuses to train it.
         job = subprocess.run(
             [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
@@ -51,10 +51,41 @@ def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, quick_data, wit
         )
         assert job.returncode == LOCKED and "another process" in job.stderr
         assert not run_dir.log_file.exists() and run_dir.status()["state"] == "planned"
+        # A `repro` whose triage came before the other started it writes nothing either.
+        run_dir.set_status("running", pid=holder.pid)
+        config = run_dir.config_file.read_text()
+        run_dir.config_file.write_text(config + "# the holder's\n")
+        assert not run_dir.queue(run, quick_data)
+        assert json.loads((run_dir.path / "status.json").read_text())["state"] == "running"
+        assert run_dir.config_file.read_text() == config + "# the holder's\n"
     finally:
         holder.kill()
         holder.wait()
     assert not run_dir.is_locked()  # the kernel drops a dead process's lock
+
+
+def test_a_run_another_repro_finishes_is_waited_for_and_counts_as_done(tmp_path):
+    table2 = plan(load_table("table2"), "tiny")
+    run = table2[0]
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, tmp_path / "data")
+    result = {"metrics": {"AP": 30.0}, "batch": 8}
+    holder = subprocess.Popen(  # as a job of another `repro`: holds the lock, then finishes
+        [
+            sys.executable,
+            "-c",
+            "import json, time; from seesaw_repro.files import try_lock, write_json_atomic; "
+            f"lock = try_lock({str(run_dir.path / LOCK_FILE)!r}); print('held', flush=True); "
+            f"time.sleep(3); write_json_atomic({str(run_dir.path / 'metrics.json')!r}, "
+            f"{result!r})",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    assert run_local([run], tmp_path, tmp_path / "data") == {run.run_id: "done"}
+    assert time.monotonic() - started > 2 and holder.wait(timeout=30) == 0
 
 
 def test_failed_runs_wait_for_retry_failed_and_force_keeps_the_old_folder(
@@ -117,8 +148,6 @@ def test_status_lists_every_run_with_its_state(tmp_path):
 
 @pytest.mark.slow  # starts a training job
 def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick_preset):
-    import time
-
     from seesaw_repro.executors import cancel_local
 
     run = _run(with_quick_preset.name)
