@@ -421,7 +421,7 @@ def status(
         where = f"{state['host']} pid {state['pid']}" if "pid" in state else ""
         job = slurm.live_job(run_dir, live)
         if "job_id" in state:
-            where = f"Slurm job {state['job_id']}{f' ({job.state.lower()})' if job else ''}"
+            where = f"Slurm job {state['job_id']}{f' ({job.summary})' if job else ''}"
         reason = f"\n{state['reason']}" if state.get("reason") else ""
         out.add_row(
             run.run_id,

@@ -310,7 +310,10 @@ def cancel_local(run_dir: RunDir, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while run_dir.is_locked():
         if time.monotonic() > deadline:
-            raise TimeoutError(f"the job of {run_dir.path} (pid {status['pid']}) did not stop")
+            raise UserError(
+                f"the job of {run_dir.path} (pid {status['pid']}) had not stopped "
+                f"{timeout:.0f} s after SIGTERM; `kill -9 {status['pid']}` stops it for good"
+            )
         time.sleep(0.2)
     run_dir.set_status("cancelled", ended=time.time())
     return True
@@ -386,7 +389,7 @@ def follow(
                     state = "running" if job.state == "RUNNING" else "queued"
                 states[run.run_id] = state
                 info = run_dir.progress() or {}
-                where = f"job {job.job_id} {job.state.lower()}" if job else state
+                where = f"job {job.job_id} {job.summary}" if job else state
                 progress.update(
                     tasks[run.run_id],
                     completed=info.get("iter", 0),

@@ -103,7 +103,7 @@ def check_slurm(partition: str | None = None) -> None:
             f"--executor slurm needs Slurm's {', '.join(missing)}, not found on PATH: run on "
             "a Slurm login node (or load its module), or use --executor local"
         )
-    result = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True)
+    result = _ask(["sinfo", "-h", "-o", "%R"])
     if result.returncode != 0:
         raise UserError(f"Slurm does not answer (sinfo: {' '.join(result.stderr.split())})")
     partitions = sorted(set(result.stdout.split()))
@@ -204,16 +204,53 @@ class LiveJob:
     state: str  # Slurm's: PENDING, RUNNING, COMPLETING, ...
     reason: str
 
+    @property
+    def summary(self) -> str:
+        """ "running", or "pending: Resources" with the reason Slurm gives for the wait."""
+        waits = self.state == "PENDING" and self.reason not in ("", "None")
+        return f"pending: {self.reason}" if waits else self.state.lower()
+
+
+# Seconds between the tries of a Slurm command that failed: slurmctld busy, restarting or
+# failing over answers with errors or socket timeouts for a while.
+RETRY_DELAYS = (1.0, 3.0, 9.0)
+ANSWER_SECONDS = 120  # a command that has not answered by then counts as failed
+
+
+def _ask(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a Slurm client command that only reads or cancels (never sbatch: a timed-out
+    submission may have queued its job), tried again after each of RETRY_DELAYS while it
+    fails; the last result."""
+    result = _run_once(command)
+    for delay in RETRY_DELAYS:
+        if result.returncode == 0:
+            break
+        time.sleep(delay)
+        result = _run_once(command)
+    return result
+
+
+def _run_once(command: list[str]) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=ANSWER_SECONDS)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, 1, "", f"no answer in {ANSWER_SECONDS} s")
+
+
+def _failed(result: subprocess.CompletedProcess) -> str:
+    tries = len(RETRY_DELAYS) + 1
+    return (
+        f"Slurm does not answer: {result.args[0]} failed {tries} times over "
+        f"{sum(RETRY_DELAYS):.0f} s ({' '.join(result.stderr.split())}); try again when "
+        "`sinfo` answers"
+    )
+
 
 def live_jobs() -> dict[str, LiveJob]:
     """This user's jobs that Slurm still knows as pending or running, by job id."""
-    result = subprocess.run(
-        ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%r"],
-        capture_output=True,
-        text=True,
-    )
+    result = _ask(["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%r"])
     if result.returncode != 0:
-        raise UserError(f"squeue failed: {' '.join(result.stderr.split())}")
+        raise UserError(_failed(result))
     jobs = {}
     for line in result.stdout.splitlines():
         job_id, name, state, reason = line.split("|", 3)
@@ -226,6 +263,18 @@ def live_job(run_dir: RunDir, jobs: dict[str, LiveJob]) -> LiveJob | None:
     new cluster, so the name must match too)."""
     job = jobs.get(str(run_dir.status().get("job_id")))
     return job if job and job.name == job_name(run_dir.run_id) else None
+
+
+# Why Slurm keeps a job pending that no node or limit of the cluster will ever let run.
+NEVER_RUNS = {
+    "PartitionConfig": "it asks for more CPUs, GPUs, memory or nodes than the partition's "
+    "nodes have; lower --cpus-per-gpu, --gpus-per-node or --mem, or pick another --partition",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows; lower --gpus",
+    "PartitionTimeLimit": "its --time exceeds the partition's limit; lower --time",
+    "BadConstraints": "no node has the features of its --constraint",
+    "InvalidAccount": "the --account is not valid",
+    "InvalidQOS": "the --qos is not valid",
+}
 
 
 def refresh(run_dirs: list[RunDir]) -> dict[str, LiveJob]:
@@ -241,9 +290,18 @@ def refresh(run_dirs: list[RunDir]) -> dict[str, LiveJob]:
         status = run_dir.status()
         job = live_job(run_dir, jobs)
         if job is not None:
+            if job.reason in ("DependencyNeverSatisfied", *NEVER_RUNS):
+                _ask(["scancel", job.job_id])
+                del jobs[job.job_id]
             if job.reason == "DependencyNeverSatisfied":
-                subprocess.run(["scancel", job.job_id], capture_output=True)
                 _mark_ended(run_dir, status)
+            elif job.reason in NEVER_RUNS:
+                run_dir.set_status(
+                    "failed",
+                    reason=f"Slurm can never start job {job.job_id} ({job.reason}): "
+                    f"{NEVER_RUNS[job.reason]}; then `seesaw repro --retry-failed`",
+                    ended=time.time(),
+                )
             elif status["state"] in FINAL_STATES and status["state"] != "done":
                 run_dir.set_status("queued", reason=f"requeued by Slurm ({job.state.lower()})")
             continue
@@ -287,11 +345,7 @@ def _accounted_state(job_id: str) -> str:
     """Slurm's final state of a job from accounting, or 'state unknown' without it."""
     if shutil.which("sacct") is None:
         return "state unknown"
-    result = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
-        capture_output=True,
-        text=True,
-    )
+    result = _ask(["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"])
     lines = result.stdout.split()
     return lines[-1] if result.returncode == 0 and lines else "state unknown"
 
@@ -302,11 +356,16 @@ def cancel(run_dir: RunDir, timeout: float = 90.0) -> bool:
     job = live_job(run_dir, live_jobs()) if run_dir.status().get("executor") == "slurm" else None
     if job is None:
         return False
-    subprocess.run(["scancel", job.job_id], check=True, capture_output=True)
+    result = _ask(["scancel", job.job_id])
+    if result.returncode != 0:
+        raise UserError(_failed(result))
     deadline = time.monotonic() + timeout
     while live_job(run_dir, live_jobs()) is not None:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"Slurm job {job.job_id} of run {run_dir.run_id} did not end")
+            raise UserError(
+                f"Slurm job {job.job_id} of run {run_dir.run_id} had not ended {timeout:.0f} s "
+                f"after scancel; see `squeue -j {job.job_id}` and run `seesaw cancel` again"
+            )
         time.sleep(1)
     if not run_dir.is_done():
         run_dir.set_status("cancelled", ended=time.time(), reason=f"scancel {job.job_id}")

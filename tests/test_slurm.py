@@ -165,6 +165,50 @@ def test_cancel_stops_a_slurm_job_and_the_run_resumes_later(
     assert not slurm.cancel(run_dir)  # nothing left to cancel
 
 
+def test_a_job_slurm_can_never_start_fails_with_slurms_reason(
+    tmp_path, cluster, quick_data, with_quick_preset
+):
+    run = plan(load_table("table2"), with_quick_preset.name)[0]
+    work = tmp_path / "w"
+    run_slurm([run], work, quick_data, replace(CPU_JOB, cpus_per_gpu=64))  # the node has fewer
+    run_dir = RunDir(work, run.run_id)
+    job_id = run_dir.status()["job_id"]
+    deadline = time.monotonic() + 60
+    while (job := slurm.live_jobs().get(job_id)) is None or job.reason == "None":
+        assert time.monotonic() < deadline, "Slurm gave no reason for the pending job"
+        time.sleep(0.5)
+    assert job.summary == "pending: PartitionConfig"
+    assert follow([run], work, poll_s=1) == {run.run_id: "failed"}
+    reason = run_dir.status()["reason"]
+    assert reason.startswith(f"Slurm can never start job {job_id} (PartitionConfig)")
+    assert "--cpus-per-gpu" in reason
+    assert job_id not in slurm.live_jobs()
+
+
+def test_slurm_commands_are_retried_and_a_slurm_that_stays_down_is_one_line(
+    tmp_path, cluster, monkeypatch
+):
+    monkeypatch.setattr(slurm, "RETRY_DELAYS", (0.1, 0.1))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "squeue").write_text(  # fails $FAILS times, as a busy or restarting slurmctld
+        f"#!/bin/sh\necho x >> {calls}\n"
+        f'[ "$(wc -l < {calls})" -gt "$FAILS" ] && exec {shutil.which("squeue")} "$@"\n'
+        "echo 'squeue: error: Socket timed out on send/recv operation' >&2; exit 1\n"
+    )
+    (fake / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAILS", "2")
+    assert isinstance(slurm.live_jobs(), dict)
+    assert len(calls.read_text().split()) == 3
+    calls.unlink()
+    monkeypatch.setenv("FAILS", "3")  # down for longer than the retries last
+    with pytest.raises(slurm.UserError, match="Slurm does not answer: squeue failed 3 times"):
+        slurm.live_jobs()
+    assert len(calls.read_text().split()) == 3
+
+
 def _decoupled_pair(preset_name: str) -> tuple[PlannedRun, PlannedRun]:
     runs = plan(load_table("table9"), preset_name)
     child = next(run for run in runs if run.needs)
