@@ -1,5 +1,6 @@
 """Fixes for today's stack, each in one place: lvis-api's np.float, mmengine's torch.load
-(safely: weights only), instaboostfast's ragged contours.
+(safely: weights only), mmengine's checkpoint writes (atomic), instaboostfast's ragged
+contours.
 
 `apply()` is idempotent and is called by every entry point that trains or evaluates
 (the job, the plugin module that mmdet configs import, the evaluator).
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from mmengine.fileio.backends import LocalBackend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
@@ -99,9 +101,33 @@ def _fix_instaboost_contours() -> None:
     affine_transform.binary_mask_to_polygon = _mask_to_polygons
 
 
+def _put_atomically(self: LocalBackend, obj: bytes, filepath: str | Path) -> None:
+    # mmengine's LocalBackend.put writes a checkpoint in place: a full disk or a kill midway
+    # leaves a truncated iter_N.pth. Written beside it and renamed, a checkpoint on disk is
+    # always whole, and a failed write leaves nothing behind.
+    path = Path(filepath)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as file:
+            file.write(obj)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+_applied = False
+
+
 def apply() -> None:
-    """Install the fixes; safe to call more than once."""
+    """Install the fixes, once however often it is called (what a test wraps stays)."""
+    global _applied
+    if _applied:
+        return
+    _applied = True
     _restore_numpy_float_alias()
+    LocalBackend.put = _put_atomically
     _fix_instaboost_contours()
     HistoryBuffer.__getstate__ = _history_buffer_state
     CheckpointLoader.register_scheme(prefixes="", loader=load_from_local_safely, force=True)

@@ -121,7 +121,7 @@ def triage(
             action = "evaluate"  # whatever stopped its evaluation, a failure or a kill
         elif run_dir.status()["state"] == "failed" and not retry_failed:
             action = "failed"
-        elif (run_dir.path / "last_checkpoint").exists():
+        elif run_dir.newest_checkpoint() is not None:
             action = "resume"
         else:
             action = "train"

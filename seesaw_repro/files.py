@@ -1,6 +1,7 @@
 """State on disk: atomic writes (a reader sees the old file or the new one, never half
 of one), the lock that lets only one process train a run, and generated folders built once."""
 
+import errno
 import fcntl
 import json
 import os
@@ -9,6 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+import cv2
+import numpy as np
 
 from .errors import UserError
 
@@ -27,6 +31,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:  # a full disk, `path` a folder, a signal: leave no temporary file
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write `image` (BGR or grey) as a PNG; OpenCV only returns False when it cannot (a
+    full disk: libpng prints an error per image), so that is an OSError here, at the first."""
+    if not cv2.imwrite(str(path), image):
+        raise OSError(errno.ENOSPC, "could not write the image (is the disk full?)", str(path))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -13,6 +13,8 @@ takes the run's lock and writes its state.
 """
 
 import argparse
+import contextlib
+import errno
 import os
 import signal
 import sys
@@ -22,7 +24,6 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
-from mmengine.runner.checkpoint import find_latest_checkpoint
 
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
@@ -71,6 +72,18 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
         print(f"error: {err}", file=sys.stderr)
         record("failed", reason=str(err))
         return USER_ERROR
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            record("failed", reason=f"{type(err).__name__}: {err}"[:500])
+            raise
+        reason = (
+            f"the disk holding {run_dir} is full ({err.strerror}): free space there, and the "
+            "next `seesaw repro` resumes from the last whole checkpoint"
+        )
+        print(f"error: {reason}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # the status file may not fit either
+            record("failed", reason=reason)
+        return USER_ERROR
     except BaseException as err:
         record("failed", reason=f"{type(err).__name__}: {err}"[:500])
         raise
@@ -96,9 +109,10 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
     cfg.launcher = launcher
-    if find_latest_checkpoint(str(run_dir)):
+    newest = run.newest_checkpoint()
+    if newest is not None:
         # A previous attempt was stopped: go on from its newest checkpoint, not from load_from.
-        cfg.resume, cfg.load_from = True, None
+        cfg.resume, cfg.load_from = True, str(newest)
     runner = Runner.from_cfg(cfg)
     if cfg.get("seesaw", {}).get("job") in ("test-dev", "evaluate"):
         runner.test()  # a trained model on test-dev, or fitted post hoc; no training

@@ -224,7 +224,7 @@ class RunDir:
         return (
             not self.is_done()
             and progress.get("phase") == "eval"
-            and (self.path / "last_checkpoint").exists()
+            and self.newest_checkpoint() is not None
         )
 
     def status(self) -> dict:
@@ -264,6 +264,19 @@ class RunDir:
                 f"{self.path} was made by seesaw-repro {made_by}, this is {SUITE_VERSION}: "
                 "use another --work-dir, or move that folder away to train the run anew"
             )
+
+    def newest_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from: the one `last_checkpoint` names, or when that file
+        is empty or names none (a full disk while mmengine wrote it), the newest on disk
+        (every one is whole: compat writes them atomically)."""
+        try:
+            named = self.path / Path((self.path / "last_checkpoint").read_text().strip()).name
+        except FileNotFoundError:
+            named = None
+        if named is not None and named.suffix == ".pth" and named.is_file():
+            return named
+        saved = list(self.path.glob("iter_*.pth")) + list(self.path.glob("epoch_*.pth"))
+        return max(saved, key=lambda p: int(p.stem.split("_")[1]), default=None)
 
     def info(self) -> dict | None:
         """run.json: the run's id, preset, spec, rows, needs and suite version (None when

@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import UserError
-from .files import build_once, write_text_atomic
+from .files import build_once, write_png, write_text_atomic
 
 COLOURS = {
     "red": (230, 50, 40),
@@ -197,7 +197,7 @@ def _render_split(
             )
             ann_id += 1
         file_name = f"{image_id:012d}.png"
-        cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        write_png(image_dir / file_name, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         images.append(
             {
                 "id": image_id,

@@ -1,4 +1,6 @@
 import dataclasses
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +125,27 @@ def pretrained_cache(_fake_pretrained_home, monkeypatch):
     random tensors under the real names and shapes (no network in tests)."""
     monkeypatch.setenv("TORCH_HOME", str(_fake_pretrained_home))
     return _fake_pretrained_home
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A function that mounts (or resizes) a tmpfs of `size` bytes at one folder and returns
+    it: a real file system that fills up. Skips where mount is not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = False
+
+    def mount(size: int) -> Path:
+        nonlocal mounted
+        options = f"{'remount,' if mounted else ''}size={size}"
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+        mounted = True
+        return disk
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", "-l", str(disk)], check=True)

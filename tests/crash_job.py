@@ -3,8 +3,9 @@
     python tests/crash_job.py RUN_DIR MOMENT N raise|kill
 
 MOMENT is "train" (the Nth training iteration, of either loop), "save" (the Nth
-checkpoint, half written) or "eval" (the Nth image of the evaluation); "kill" is SIGKILL
-(nothing runs after it), "raise" an exception, as a bug or an out-of-memory error would.
+checkpoint, half written to its temporary file) or "eval" (the Nth image of the
+evaluation); "kill" is SIGKILL (nothing runs after it), "raise" an exception, as a bug or an
+out-of-memory error would.
 Exit code 86 if the moment never came.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from mmengine.fileio.backends import LocalBackend
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, ValLoop
 
-from seesaw_repro import job
+from seesaw_repro import compat, job
 
 NEVER_CAME = 86
 
@@ -36,9 +37,9 @@ def crash_at(owner: type, method: str, n: int, how: str) -> None:
         nonlocal calls
         calls += 1
         if calls == n:
-            if method == "put":  # LocalBackend.put(obj: bytes, filepath)
+            if method == "put":  # LocalBackend.put(obj: bytes, filepath), as compat's
                 data, path = args[0], Path(args[1])
-                path.write_bytes(data[: len(data) // 2])
+                path.with_name(f".{path.name}.partial").write_bytes(data[: len(data) // 2])
             crash(how, f"{owner.__name__}.{method} call {n}")
         return original(self, *args, **kwargs)
 
@@ -52,6 +53,7 @@ if __name__ == "__main__":
         "save": [LocalBackend],
         "eval": [ValLoop],
     }[moment]
+    compat.apply()  # the suite's LocalBackend.put, which the "save" crash wraps
     for owner in owners:
         crash_at(owner, "put" if moment == "save" else "run_iter", n, how)
     code = job.main(run_dir.resolve())

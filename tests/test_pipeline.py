@@ -138,8 +138,9 @@ def test_a_crash_at_a_seeded_moment_then_a_plain_rerun_gives_the_uninterrupted_r
         # killed before its nth iteration: n - 1 done, the last checkpoint before them
         assert saved < n < run.config["train_cfg"]["max_iters"] and progress["iter"] < n
     if moment == "save":
-        half = run_dir.path / f"iter_{2 * n}.pth"  # on disk, but not the last checkpoint
+        half = run_dir.path / f".iter_{2 * n}.pth.partial"  # never under a checkpoint's name
         assert saved == 2 * (n - 1) and 0 < half.stat().st_size
+        assert not (run_dir.path / f"iter_{2 * n}.pth").exists()
         with pytest.raises(Exception):  # noqa: B017  (truncated: torch's error varies)
             torch.load(half, weights_only=True)
     expected = "evaluate" if moment == "eval" else "resume"
@@ -160,6 +161,37 @@ def test_a_crash_at_a_seeded_moment_then_a_plain_rerun_gives_the_uninterrupted_r
     assert stats["iter"] == run.config["train_cfg"]["max_iters"]
     assert len(head["positive"]) == len(head["negative"]) == 30
     assert sum(head["negative"]) > 0 and sum(head["positive"]) > 0
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_freed(
+    small_disk, quick_data, straight, capsys
+):
+    from rich.console import Console
+
+    run, done = straight
+    checkpoint_bytes = max(p.stat().st_size for p in done.path.glob("iter_*.pth"))
+    disk = small_disk(int(1.5 * checkpoint_bytes))  # the first checkpoint fits, not the second
+    console = Console(stderr=True, width=400)
+    assert run_local([run], disk, quick_data, console=console) == {run.run_id: "failed"}
+    run_dir = RunDir(disk, run.run_id)
+    reason = run_dir.status()["reason"]
+    assert reason.startswith(f"the disk holding {run_dir.path} is full (No space left")
+    said = [line for line in capsys.readouterr().err.splitlines() if "failed" in line]
+    assert len(said) == 1 and "is full" in said[0]
+    log = run_dir.log_file.read_text()
+    assert "Traceback" not in log and "error: the disk holding" in log
+    leftovers = [p.name for p in run_dir.path.rglob("*") if "tmp" in p.name or "partial" in p.name]
+    assert not leftovers
+    for checkpoint in run_dir.path.glob("iter_*.pth"):  # whole, every one
+        load_from_local_safely(str(checkpoint))
+    assert run_dir.newest_checkpoint() is not None
+
+    small_disk(20 * checkpoint_bytes)  # space freed: the next repro resumes
+    assert triage([run], disk) == [(run, "failed")]
+    assert run_local([run], disk, quick_data, retry_failed=True) == {run.run_id: "done"}
+    assert run_dir.metrics() == done.metrics()
+    weights, uninterrupted = _final_weights(run_dir), _final_weights(done)
+    assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -6,6 +6,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from lvis import LVIS
@@ -139,6 +140,19 @@ def test_a_damaged_data_root_is_named_before_any_run(tmp_path, tiny_data, damage
 
 def _cut(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_full_disk_while_generating_is_one_line(tmp_path, small_disk):
+    disk = small_disk(1 << 20)
+    seesaw = Path(sys.executable).parent / "seesaw"
+    result = subprocess.run(
+        [str(seesaw), "data", "synth", "--out", str(disk / "d")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    ours = [line for line in result.stderr.splitlines() if "libpng" not in line]
+    assert len(ours) == 1 and ours[0].startswith("error: could not write the image")
+    assert "the disk is full" in ours[0]
+    assert result.stderr.count("libpng error") <= 1  # stopped at the first image
 
 
 ENSURE = {
