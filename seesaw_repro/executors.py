@@ -179,12 +179,23 @@ def run_local(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task(f"{len(pending)} run(s) to train", total=len(pending))
+        to_train = len(pending)
+        overall = progress.add_task(f"{to_train} run(s) to train", total=to_train)
         try:
             while pending or active or watched:
                 for run, run_dir in [item for item in watched if not item[1].is_locked()]:
                     watched.remove((run, run_dir))
                     state = "done" if run_dir.is_done() else run_dir.status()["state"]
+                    if state not in FINAL_STATES and run_dir.queue(run, data_root):
+                        # the lock's holder left it untrained (a probe, a job that exited
+                        # at once): train it here
+                        pending.append((run, run_dir))
+                        to_train += 1
+                        progress.update(overall, total=to_train)
+                        continue
+                    if state not in FINAL_STATES:
+                        watched.append((run, run_dir))  # locked again by another job
+                        continue
                     states[run.run_id] = state
                     colour = "green" if state == "done" else "red"
                     console.print(f"[{colour}]{state}[/] {run.run_id}: in another process")

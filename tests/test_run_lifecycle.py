@@ -64,25 +64,46 @@ def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, quick_data, wit
     assert not run_dir.is_locked()  # the kernel drops a dead process's lock
 
 
+def _hold_lock(run_dir: RunDir, then: str = "") -> subprocess.Popen:
+    """Another process that holds the run's lock for 3 s, runs `then`, and exits."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from seesaw_repro.files import try_lock, write_json_atomic; "
+            f"lock = try_lock({str(run_dir.path / LOCK_FILE)!r}); print('held', flush=True); "
+            f"time.sleep(3); {then}",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.slow  # trains the run
+def test_a_run_whose_lock_holder_left_it_untrained_is_trained_here(
+    tmp_path, quick_data, with_quick_preset
+):
+    run = _run(with_quick_preset.name)
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, quick_data)
+    run_dir.set_status("queued")
+    holder = _hold_lock(run_dir)  # a probe, or a job that exited at once: nothing trained
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
+    assert holder.wait(timeout=30) == 0 and run_dir.is_done()
+
+
 def test_a_run_another_repro_finishes_is_waited_for_and_counts_as_done(tmp_path):
     table2 = plan(load_table("table2"), "tiny")
     run = table2[0]
     run_dir = RunDir(tmp_path, run.run_id)
     run_dir.prepare(run, tmp_path / "data")
     result = {"metrics": {"AP": 30.0}, "batch": 8}
-    holder = subprocess.Popen(  # as a job of another `repro`: holds the lock, then finishes
-        [
-            sys.executable,
-            "-c",
-            "import json, time; from seesaw_repro.files import try_lock, write_json_atomic; "
-            f"lock = try_lock({str(run_dir.path / LOCK_FILE)!r}); print('held', flush=True); "
-            f"time.sleep(3); write_json_atomic({str(run_dir.path / 'metrics.json')!r}, "
-            f"{result!r})",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    # as a job of another `repro` would: it holds the lock, then finishes the run
+    holder = _hold_lock(
+        run_dir, f"write_json_atomic({str(run_dir.path / 'metrics.json')!r}, {result!r})"
     )
-    assert holder.stdout.readline().strip() == "held"
     started = time.monotonic()
     assert run_local([run], tmp_path, tmp_path / "data") == {run.run_id: "done"}
     assert time.monotonic() - started > 2 and holder.wait(timeout=30) == 0
