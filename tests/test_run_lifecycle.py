@@ -236,6 +236,7 @@ def _trained_run(work: Path):
     run = plan(load_table("table2"), "tiny")[0]
     run_dir = RunDir(work, run.run_id)
     run_dir.prepare(run, work / "data")
+    (run_dir.path / "iter_400.pth").write_bytes(b"")  # never loaded by these tests
     (run_dir.path / "last_checkpoint").write_text(str(run_dir.path / "iter_400.pth"))
     (run_dir.path / "progress.json").write_text(
         json.dumps({"phase": "eval", "iter": 400, "max_iters": 400})
