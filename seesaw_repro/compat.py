@@ -20,6 +20,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from .errors import UserError
+from .files import write_bytes_atomic
 
 
 def _restore_numpy_float_alias() -> None:
@@ -105,16 +106,7 @@ def _put_atomically(self: LocalBackend, obj: bytes, filepath: str | Path) -> Non
     # mmengine's LocalBackend.put writes a checkpoint in place: a full disk or a kill midway
     # leaves a truncated iter_N.pth. Written beside it and renamed, a checkpoint on disk is
     # always whole, and a failed write leaves nothing behind.
-    path = Path(filepath)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with open(partial, "wb") as file:
-            file.write(obj)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(Path(filepath), obj)
 
 
 _applied = False

@@ -19,12 +19,18 @@ from .errors import UserError
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder (`temporary_name`)
+    and a rename: a reader sees the old file or the new one, never part of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temporary_name(path)
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,6 +44,11 @@ def write_png(path: Path, image: np.ndarray) -> None:
     full disk: libpng prints an error per image), so that is an OSError here, at the first."""
     if not cv2.imwrite(str(path), image):
         raise OSError(errno.ENOSPC, "could not write the image (is the disk full?)", str(path))
+
+
+def temporary_name(path: Path) -> Path:
+    """Where this process writes `path` before renaming it into place."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

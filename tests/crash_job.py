@@ -18,6 +18,7 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, ValLoop
 
 from seesaw_repro import compat, job
+from seesaw_repro.files import temporary_name
 
 NEVER_CAME = 86
 
@@ -39,7 +40,7 @@ def crash_at(owner: type, method: str, n: int, how: str) -> None:
         if calls == n:
             if method == "put":  # LocalBackend.put(obj: bytes, filepath), as compat's
                 data, path = args[0], Path(args[1])
-                path.with_name(f".{path.name}.partial").write_bytes(data[: len(data) // 2])
+                temporary_name(path).write_bytes(data[: len(data) // 2])
             crash(how, f"{owner.__name__}.{method} call {n}")
         return original(self, *args, **kwargs)
 
