@@ -88,7 +88,7 @@ def plan_tables(tables: list[Table], preset: str, seeds: Iterable[int] = (0,)) -
 def seeds_in(work_dir: Path) -> list[int]:
     """The seeds of the runs in a work dir (from their run.json), at least [0]."""
     found = {0}
-    for info_file in (Path(work_dir) / "runs").glob("*/run.json"):
+    for info_file in (Path(work_dir) / "runs").glob(f"*/{RUN_FILE}"):
         spec = (read_record(info_file) or {}).get("spec", {})
         found.add(spec.get("seed", 0))
     return sorted(found)

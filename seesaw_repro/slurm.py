@@ -105,7 +105,7 @@ def check_slurm(partition: str | None = None) -> None:
         )
     result = _ask(["sinfo", "-h", "-o", "%R"])
     if result.returncode != 0:
-        raise UserError(f"Slurm does not answer (sinfo: {' '.join(result.stderr.split())})")
+        raise UserError(_failed(result))
     partitions = sorted(set(result.stdout.split()))
     if partition is not None and partition not in partitions:
         raise UserError(
