@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-import cv2
 import numpy as np
 
 from .errors import UserError
@@ -42,6 +41,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write `image` (BGR or grey) as a PNG; OpenCV only returns False when it cannot (a
     full disk: libpng prints an error per image), so that is an OSError here, at the first."""
+    import cv2  # here, not at the top: every command reads state through this module
+
     if not cv2.imwrite(str(path), image):
         raise OSError(errno.ENOSPC, "could not write the image (is the disk full?)", str(path))
 
