@@ -28,6 +28,7 @@ from .methods import (
     test_dev,
 )
 from .presets import PRESETS
+from .run_folder import checkpoint_name
 
 RUN_ID_LENGTH = 12
 Spec = RunSpec | ClassificationSpec  # a row of the LVIS tables, or of Tables 10-11
@@ -98,9 +99,9 @@ def final_checkpoint(config: dict) -> str:
     """Where the run of `config` leaves its last checkpoint, under the RUNS_DIR placeholder."""
     loop = config["train_cfg"]
     if loop["type"] == "IterBasedTrainLoop":
-        name = f"iter_{loop['max_iters']}.pth"
+        name = checkpoint_name("iter", loop["max_iters"])
     else:
-        name = f"epoch_{loop['max_epochs']}.pth"
+        name = checkpoint_name("epoch", loop["max_epochs"])
     return f"{RUNS_DIR}/{run_id(config)}/{name}"
 
 

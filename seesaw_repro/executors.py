@@ -34,7 +34,7 @@ from rich.progress import (
 
 from . import slurm
 from .errors import UserError
-from .job import LOCKED
+from .run_folder import LOCKED
 from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
 
 

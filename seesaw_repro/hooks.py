@@ -19,9 +19,14 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 
 from .files import write_json_atomic, write_text_atomic
-
-PROGRESS_FILE = "progress.json"
-METRICS_FILE = "metrics.json"
+from .run_folder import (
+    CLASSIFICATION_ACCURACY_FILE,
+    GRADIENT_STATS_FILE,
+    LAST_CHECKPOINT_FILE,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    checkpoint_name,
+)
 
 # mmdet's LVISMetric names (prefix "lvis/", values in [0, 1]) -> the paper's columns, in percent.
 LVIS_METRICS = {
@@ -206,9 +211,6 @@ class InferenceSpeedHook(Hook):
 def inference_device() -> str:
     """What the speed was measured on: the GPU's name, or "cpu"."""
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-
-
-GRADIENT_STATS_FILE = "gradient_stats.json"
 
 
 @HOOKS.register_module()
@@ -454,8 +456,8 @@ class StopOnSignalHook(Hook):
             all_reduce(stop, op="max")
         if not stop.item():
             return
-        name = f"iter_{runner.iter + 1}.pth"
-        last = Path(runner.work_dir) / "last_checkpoint"
+        name = checkpoint_name("iter", runner.iter + 1)
+        last = Path(runner.work_dir) / LAST_CHECKPOINT_FILE
         iteration_based = isinstance(runner.train_loop, IterBasedTrainLoop)
         if iteration_based and not (last.exists() and last.read_text().endswith(name)):
             runner.save_checkpoint(runner.work_dir, name, by_epoch=False)
@@ -470,9 +472,6 @@ class StopOnSignalHook(Hook):
     def after_train(self, runner: Runner) -> None:
         for signum in self.SIGNALS:
             signal.signal(signum, signal.SIG_DFL)
-
-
-CLASSIFICATION_ACCURACY_FILE = "classification_accuracy.json"
 
 
 @HOOKS.register_module()

@@ -28,9 +28,9 @@ from mmengine.runner import Runner
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
-from seesaw_repro.runs import LOCK_FILE, RunDir
+from seesaw_repro.run_folder import LOCK_FILE, LOCKED
+from seesaw_repro.runs import RunDir
 
-LOCKED = 75  # exit code: another process is training this run (EX_TEMPFAIL)
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
 USER_ERROR = 2  # exit code: something the user must fix first (the message says what)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .errors import UserError
+from .run_folder import PER_CATEGORY_FILE
 from .synth import TEST_DEV_INFO
 
 DATA_ROOT = "${DATA_ROOT}"
@@ -19,7 +20,6 @@ RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkp
 # Files named under the run's work dir; a materialised config names them relative to it (see
 # configs.materialise), so that one trained elsewhere writes them there.
 WORK_DIR = "${WORK_DIR}"
-PER_CATEGORY_FILE = "per_category_ap.json"  # written by lvis_eval.FastLVISMetric
 
 
 # Training schedules: epochs and the epochs after which the learning rate drops by 10x

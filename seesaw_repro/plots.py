@@ -11,8 +11,7 @@ from matplotlib import ticker
 
 from .errors import UserError
 from .files import read_json
-from .hooks import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE
-from .methods import PER_CATEGORY_FILE
+from .run_folder import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE, PER_CATEGORY_FILE
 from .runs import RunDir
 
 COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper

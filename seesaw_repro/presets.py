@@ -4,13 +4,13 @@ is Section 4.1 of the paper on LVIS v1. Both take the method parts from methods.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import mmdet
 from mmengine.config import Config
 
 from . import synth
@@ -429,7 +429,10 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | Non
     }
 
 
-MMDET_CONFIGS = Path(mmdet.__file__).parent / ".mim" / "configs"
+# found without importing mmdet (and torch): commands that only plan or report stay light
+MMDET_CONFIGS = (
+    Path(importlib.util.find_spec("mmdet").submodule_search_locations[0]) / ".mim" / "configs"
+)
 # Training cost relative to Mask R-CNN. Cascade: 16.1 / 11.2 fps at inference (mmdetection's
 # model zoo). HTC w/o semantic and HTC-Lite: assumptions, not measured (HTC's interleaved
 # mask heads cost more than the cascade's; HTC-Lite has one mask head, Appendix D.1).

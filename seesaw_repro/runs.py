@@ -1,16 +1,5 @@
-"""Run directories: one per distinct config, named by its run id, holding all its state.
-
-<work>/runs/<run_id>/
-    config.py       the materialised mmengine config (trainable with mmdet's tools/train.py)
-    run.json        run id, preset, spec, and the table rows that use this run
-    status.json     state (queued, running, done, failed, cancelled), times, exit code
-    train.log       the job's stdout and stderr, appended across attempts
-    progress.json   iteration counter, written by hooks.ProgressFileHook
-    metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done" (a
-                    test-dev run: the names of its result files for the LVIS server)
-    iter_*.pth      mmengine checkpoints; a rerun resumes from the newest
-    job.lock        locked by the process that trains the run, so only one ever does
-"""
+"""Run directories: one per distinct config, named by its run id, holding all its state
+(the files: run_folder)."""
 
 from __future__ import annotations
 
@@ -26,12 +15,18 @@ from pathlib import Path
 from . import configs
 from .errors import UserError
 from .files import read_json, try_lock, write_json_atomic, write_text_atomic
-from .hooks import METRICS_FILE, PROGRESS_FILE
 from .recipes import Table
+from .run_folder import (
+    CONFIG_FILE,
+    LAST_CHECKPOINT_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    RUN_FILE,
+    STATUS_FILE,
+)
 
-STATUS_FILE = "status.json"
-RUN_FILE = "run.json"  # what the run is: its id, preset, spec, rows, needs, suite version
-LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 SUITE_VERSION = version("seesaw-repro")
@@ -179,11 +174,11 @@ class RunDir:
 
     @property
     def config_file(self) -> Path:
-        return self.path / "config.py"
+        return self.path / CONFIG_FILE
 
     @property
     def log_file(self) -> Path:
-        return self.path / "train.log"
+        return self.path / LOG_FILE
 
     def result(self) -> dict | None:
         """metrics.json, or None when the run is not done: its "metrics" (percent) and how
@@ -270,7 +265,7 @@ class RunDir:
         is empty or names none (a full disk while mmengine wrote it), the newest on disk
         (every one is whole: compat writes them atomically)."""
         try:
-            named = self.path / Path((self.path / "last_checkpoint").read_text().strip()).name
+            named = self.path / Path((self.path / LAST_CHECKPOINT_FILE).read_text().strip()).name
         except FileNotFoundError:
             named = None
         if named is not None and named.suffix == ".pth" and named.is_file():

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import write_text_atomic
+from .run_folder import SCRIPT_FILE
 from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
 
-SCRIPT_FILE = "slurm.sbatch"
 SIGNAL_GRACE_S = 180  # USR1 this long before the time limit: time to checkpoint and requeue
 
 

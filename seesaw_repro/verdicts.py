@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats
-
 CONFIDENCE = 0.95
 VERDICTS = (
     "reproduced",
@@ -55,6 +53,8 @@ def paired_effect(row: dict[int, float], baseline: dict[int, float]) -> Effect:
     mean = sum(diffs) / n
     if n == 1:
         return Effect(1, mean)
+    from scipy import stats  # 1-2 s to import: only reports with seeds need it
+
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
     half = stats.t.ppf((1 + CONFIDENCE) / 2, n - 1) * sd / math.sqrt(n)
     return Effect(n, mean, sd, mean - half, mean + half)

@@ -281,3 +281,15 @@ def test_config_of_an_unknown_run_is_one_line_and_exit_2(tmp_path):
     result = _seesaw("config", "nosuchrun", cwd=tmp_path)
     assert result.returncode == 2
     assert "no run of preset 'tiny'" in result.stderr and "seesaw plan all" in result.stderr
+
+
+def test_commands_that_only_plan_or_read_runs_import_no_torch():
+    """`status`, `report`, `plan` and repro's checks answer in a second or two: what they import
+    leaves torch, mmcv and mmdet (5 s or more) to the training job."""
+    code = (
+        "import sys, cli\n"
+        "from seesaw_repro import executors, recipes, report, results, runs, slurm, verdicts\n"
+        "print(sorted({'torch', 'mmcv', 'mmdet'} & set(sys.modules)))"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

@@ -33,14 +33,26 @@ def _runs(preset):
     return plan(load_table("table2"), preset.name)
 
 
-def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
-    tmp_path, quick_data, with_quick_preset
+@pytest.fixture
+def learning_preset(monkeypatch, quick_preset):
+    """The quick preset trained long enough to learn: 200 iterations of 4 images (lr 0.02 from
+    iteration 50 to 133). Measured: CE reaches AP_f 22.3, AP 5.2 on the quick val split."""
+    preset = replace(quick_preset, name="learning", iters_2x=200, batch_size=4)
+    monkeypatch.setitem(presets.PRESETS, preset.name, preset)
+    return preset
+
+
+def test_a_run_learns_writes_five_metrics_and_rerun_does_no_work(
+    tmp_path, quick_data, learning_preset
 ):
-    run = _runs(with_quick_preset)[-1]  # MF + CF + NLA
+    run = _runs(learning_preset)[0]  # CE
     assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
     run_dir = RunDir(tmp_path, run.run_id)
     metrics = run_dir.metrics()
     assert sorted(metrics) == sorted(LVIS_METRICS)
+    # Well above chance (0): a category id or class order that differs between the training
+    # labels and the evaluation, or a model that does not learn, scores ~0 here.
+    assert metrics["AP_f"] >= 10 and metrics["AP_box"] >= 2, metrics
     assert all(0.0 <= value <= 100.0 for value in metrics.values()), metrics
     assert run_dir.status()["state"] == "done"
     assert run_dir.progress()["iter"] == run.config["train_cfg"]["max_iters"]
@@ -54,10 +66,10 @@ def test_train_eval_writes_five_metrics_and_rerun_does_no_work(
     assert run_dir.log_file.stat().st_size == log_before.st_size
     assert (run_dir.path / "metrics.json").stat().st_mtime_ns == metrics_before
 
-    frame = compare(load_table("table2"), with_quick_preset.name, tmp_path)
+    frame = compare(load_table("table2"), learning_preset.name, tmp_path)
     done = frame[frame.run_id == run.run_id].iloc[0]
     assert done.state == "done" and done.AP_repro == metrics["AP"]
-    assert done.AP_delta == pytest.approx(metrics["AP"] - 26.4)
+    assert done.AP_delta == pytest.approx(metrics["AP"] - 23.7)
     assert set(frame[frame.run_id != run.run_id].state) == {"planned"}
 
 

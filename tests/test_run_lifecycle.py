@@ -14,9 +14,10 @@ import pytest
 
 from seesaw_repro import presets
 from seesaw_repro.executors import run_local, triage
-from seesaw_repro.job import LOCKED, STOPPED
+from seesaw_repro.job import STOPPED
 from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import LOCK_FILE, RunDir, plan
+from seesaw_repro.run_folder import LOCK_FILE, LOCKED
+from seesaw_repro.runs import RunDir, plan
 
 
 def _run(preset_name: str):

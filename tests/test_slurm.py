@@ -16,6 +16,7 @@ from seesaw_repro import slurm
 from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import follow, run_local, run_slurm, triage
 from seesaw_repro.recipes import load_table
+from seesaw_repro.run_folder import SCRIPT_FILE
 from seesaw_repro.runs import PlannedRun, RunDir, plan
 
 pytestmark = pytest.mark.slow
@@ -225,7 +226,7 @@ def test_a_dependent_run_starts_only_after_its_parent_succeeded(
     parent_dir, child_dir = RunDir(work, parent.run_id), RunDir(work, child.run_id)
     parent_job = parent_dir.status()["job_id"]
     assert child_dir.status()["after"] == [parent_job]
-    script = (child_dir.path / slurm.SCRIPT_FILE).read_text()
+    script = (child_dir.path / SCRIPT_FILE).read_text()
     assert f"--dependency=afterok:{parent_job}" in script
     assert follow([parent, child], work, poll_s=1) == {
         parent.run_id: "done",
@@ -250,7 +251,7 @@ def test_gpu_jobs_get_their_gpus_and_a_failed_parent_fails_its_child(
     assert "asks for 2 GPU(s) but torch sees 0" in parent_dir.status()["reason"]
     assert child_dir.status()["reason"].startswith("failed-dependency")
     assert "started" not in child_dir.status()
-    script = (parent_dir.path / slurm.SCRIPT_FILE).read_text()
+    script = (parent_dir.path / SCRIPT_FILE).read_text()
     assert "--gpus-per-node=2" in script and "--launcher slurm" in script
 
 
