@@ -197,6 +197,14 @@ def repro(
         False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
     ),
     seeds: str = typer.Option("1", "--seeds", help=SEEDS_HELP),
+    budget: float | None = typer.Option(
+        None,
+        "--budget",
+        min=0,
+        help="Refuse, before anything runs, when the runs still to train are estimated to cost "
+        "more than this, in the unit `seesaw plan` shows (paper preset: V100 GPU-hours; tiny: "
+        "CPU-core minutes); a resumed run counts whole. A Slurm profile may set budget = N.",
+    ),
 ) -> None:
     """Train and evaluate every run a table needs, then print the table beside the paper's.
 
@@ -228,6 +236,10 @@ def repro(
         slurm.check_slurm(options.partition)
     else:
         executors.gpu_slots(gpus, 1)  # enough GPUs here?
+    if executor == "slurm" and budget is None:
+        budget = options.budget
+    if budget is not None:
+        _check_budget(executors.triage(planned, work_dir, retry_failed, force), budget, preset)
     specs = [run.spec for run in planned]
     if data_root is not None or not dry_run:  # a dry run checks a given root, generates none
         root = _data_root(spec_table.task, preset, data_root, work_dir, specs)
@@ -271,6 +283,23 @@ def repro(
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _check_budget(triaged: list, budget: float, preset: str) -> None:
+    """Stop when the runs `triaged` would train are estimated to cost more than `budget`."""
+    from seesaw_repro import configs, executors, runs
+
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0:
+        raise UserError(f"budget {budget!r} is not a number >= 0 (the Slurm profile's budget)")
+    to_train = [run for run, action in triaged if action in executors.TRAINS]
+    cost = sum(runs.cost(run) for run in to_train)
+    if cost > budget:
+        unit = configs.preset_for("lvis", preset).cost_unit
+        raise UserError(
+            f"the {len(to_train)} run(s) still to train are estimated at {cost:,.1f} {unit}, "
+            f"over the budget of {budget:,g}: raise --budget, or ask for less (one table, fewer "
+            "--seeds); `seesaw plan` lists each run's cost"
+        )
 
 
 def _require_pretrained(planned: list, work_dir: Path, table: str) -> None:
@@ -498,7 +527,7 @@ def plan(
     out.add_column(cost_unit, justify="right")
     total = 0.0
     for run in planned:
-        cost = configs.preset_for(configs.task_of(run.spec), preset).cost(run.spec)
+        cost = runs.cost(run)
         total += cost
         rows = "\n".join(run.rows)
         needs = " ".join(run.needs)

@@ -95,6 +95,8 @@ ACTIONS = {
 }
 
 
+# Actions that train a run here (a resumed run is counted whole by --budget).
+TRAINS = ("redo", "resume", "train")
 # Actions that train nothing here, and their colours.
 SKIPPED = {"done": "green", "failed": "red", "elsewhere": "yellow", "watch": "yellow"}
 

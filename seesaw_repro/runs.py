@@ -49,6 +49,11 @@ class PlannedRun:
     needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
 
 
+def cost(run: PlannedRun) -> float:
+    """Estimated cost of training and evaluating `run`, in its preset's cost_unit."""
+    return configs.preset_for(configs.task_of(run.spec), run.preset).cost(run.spec)
+
+
 def plan(table: Table, preset: str, seeds: Iterable[int] = (0,)) -> list[PlannedRun]:
     """The distinct runs behind a table's rows at each seed, each after the runs it needs
     (see configs.dependencies); equal configs are one run."""

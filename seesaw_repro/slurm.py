@@ -46,6 +46,7 @@ class SlurmOptions:
     mem: str | None = None
     constraint: str | None = None
     sbatch_flags: tuple[str, ...] = field(default=())  # more flags, from a profile file
+    budget: float | None = None  # repro's --budget, kept with the cluster's other settings
 
     def layout(self) -> tuple[int, int]:
         """(nodes, GPUs per node) of one run's job."""

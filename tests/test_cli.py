@@ -57,6 +57,7 @@ def test_missing_data_root_is_one_line_and_exit_2(tmp_path):
     assert "does not exist" in lines[0] and "seesaw data synth" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dry_run", [("--dry-run",), ()])
 def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
     tmp_path, dry_run, pretrained_cache
@@ -258,6 +259,7 @@ def test_report_before_any_run_marks_rows_planned(tmp_path):
     assert "6 claims: 6 not run" in result.output
 
 
+@pytest.mark.slow
 def test_data_synth_writes_an_lvis_dataset(tmp_path):
     result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "d"), "--seed", "3"])
     assert result.exit_code == 0, result.output
@@ -267,6 +269,7 @@ def test_data_synth_writes_an_lvis_dataset(tmp_path):
     assert len(list((tmp_path / "d" / "val2017").glob("*.png"))) == val_images == 400
 
 
+@pytest.mark.slow
 def test_plan_all_counts_rows_runs_and_cost(tmp_path):
     result = _seesaw("plan", "all", "--preset", "paper", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -293,3 +296,15 @@ def test_commands_that_only_plan_or_read_runs_import_no_torch():
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]"
+
+
+def test_a_plan_over_budget_is_refused_before_anything_runs(tmp_path):
+    """Table 2's six tiny runs cost 15.8 CPU-core minutes by the preset's estimate."""
+    result = _seesaw("repro", "table2", "--budget", "5", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "6 run(s) still to train" in lines[0]
+    assert "15.8 CPU-core minutes, over the budget of 5" in lines[0]
+    assert not (tmp_path / "seesaw-work").exists()  # not even the data was generated
+    within = _seesaw("repro", "table2", "--budget", "16", "--dry-run", cwd=tmp_path)
+    assert within.returncode == 0 and within.stdout.count("trains from the start") == 6

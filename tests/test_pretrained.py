@@ -36,12 +36,14 @@ def _run_with(name):
     return next(run for run in _planned("paper") if pretrained.names_in(run.config) == {name})
 
 
+@pytest.mark.slow
 def test_the_paper_runs_start_from_three_backbones_and_the_tiny_ones_from_none():
     assert pretrained.names_in([r.config for r in _planned("paper")]) == NAMES
     assert not any(pretrained.names_in(r.config) for r in _planned("tiny"))
     assert pretrained.cache_path("torchvision://resnet50").name == "resnet50-0676ba61.pth"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NAMES))
 def test_each_backbone_initialises_from_the_cache(name, pretrained_cache):
     backbone = MODELS.build(_run_with(name).config["model"]["backbone"])
@@ -61,6 +63,7 @@ def test_each_backbone_initialises_from_the_cache(name, pretrained_cache):
     assert saved.keys() - loaded.keys() <= {"fc.weight", "fc.bias"}
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_stops_a_dry_run_with_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     result = subprocess.run(
@@ -77,6 +80,7 @@ def test_a_missing_checkpoint_stops_a_dry_run_with_the_fetch_command(tmp_path, m
     assert "`seesaw weights fetch table1 --preset paper`" in lines[0]
 
 
+@pytest.mark.slow
 def test_a_job_whose_checkpoint_is_missing_fails_at_once_with_one_line(
     tmp_path, monkeypatch, capsys, tiny_data
 ):
@@ -97,6 +101,7 @@ def test_a_job_whose_checkpoint_is_missing_fails_at_once_with_one_line(
     assert not list(run_dir.path.glob("*.pth"))
 
 
+@pytest.mark.slow
 def test_an_exported_paper_config_initialises_its_backbone_as_tools_train_would(
     tmp_path, pretrained_cache
 ):
@@ -182,6 +187,7 @@ def test_a_checkpoint_that_pickles_a_callable_is_refused(tmp_path):
     assert "mkdir" in str(refused.value) and not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_trusted_checkpoint_of_the_old_format_is_refused_until_re_saved(tmp_path, monkeypatch):
     """Before, HistoryBuffer was pickled with its statistics functions (as mmengine does):
     such a file is refused, and `python -m seesaw_repro.compat FILE` makes it loadable."""

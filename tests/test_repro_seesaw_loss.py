@@ -144,6 +144,7 @@ def _count_on_rank(rank: int, init_file: str, out_dir: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_counts_are_summed_over_ranks_in_distributed_training(tmp_path):
     import torch.multiprocessing as mp
 

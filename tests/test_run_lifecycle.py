@@ -24,6 +24,7 @@ def _run(preset_name: str):
     return plan(load_table("table2"), preset_name)[0]
 
 
+@pytest.mark.slow
 def test_a_run_locked_by_another_process_is_left_to_it(tmp_path, quick_data, with_quick_preset):
     run = _run(with_quick_preset.name)
     run_dir = RunDir(tmp_path, run.run_id)
@@ -153,6 +154,7 @@ def _seesaw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_dry_run_says_what_it_would_do_and_does_nothing(tmp_path):
     result = _seesaw("repro", "table9", "--dry-run", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -221,6 +223,7 @@ def test_a_corrupt_run_record_is_one_clear_line(tmp_path, command, name, text, e
     assert len(lines) == 1 and expected in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_another_suite_version_is_one_clear_line(tmp_path):
     run = plan(load_table("table2"), "tiny")[0]
     run_dir = RunDir(tmp_path / "w", run.run_id)
@@ -267,6 +270,7 @@ def test_a_metrics_file_that_is_no_result_is_not_done_and_is_evaluated_again(tmp
     assert triage([run], tmp_path / "w") == [(run, "evaluate")]
 
 
+@pytest.mark.slow
 def test_the_commands_read_a_metrics_file_of_random_bytes_as_no_result(tmp_path):
     run, run_dir = _trained_run(tmp_path / "w")
     (run_dir.path / "metrics.json").write_bytes(b"\xff\xfe\x00garbage")

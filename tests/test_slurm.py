@@ -270,6 +270,19 @@ def test_an_unknown_partition_is_one_clear_line(tmp_path, cluster):
     assert "unknown Slurm partition 'gpu-a100'; this cluster has: debug" in result.stderr
 
 
+def test_a_profiles_budget_refuses_an_over_budget_plan(tmp_path, cluster):
+    profile = tmp_path / "cluster.toml"
+    profile.write_text("budget = 10\n")
+    args = ("repro", "table2", "--executor", "slurm", "--profile", str(profile))
+    result = _seesaw(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "over the budget of 10" in result.stderr, result.stderr
+    result = _seesaw(*args, "--budget", "20", "--dry-run", cwd=tmp_path)  # the option wins
+    assert result.returncode == 0 and result.stdout.count("trains from the start") == 6
+    profile.write_text('budget = "lots"\n')
+    result = _seesaw(*args, cwd=tmp_path)
+    assert result.returncode == 2 and "budget 'lots' is not a number" in result.stderr
+
+
 def test_slurm_bad_input_is_one_clear_line(tmp_path):
     profile = tmp_path / "cluster.toml"
     profile.write_text('partition = "gpu"\nnodes = 2\n')

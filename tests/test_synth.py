@@ -98,6 +98,7 @@ def _digest(root):
     return sha.hexdigest()
 
 
+@pytest.mark.slow
 def test_same_seed_same_files_other_seed_other_files(tmp_path):
     small = replace(presets.TINY.synth, num_train_images=320, num_val_images=20)
     synth.generate(tmp_path / "a", small)
@@ -170,6 +171,7 @@ def _ensure(kind: str, root) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, str(root)], stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ENSURE))
 def test_concurrent_first_runs_generate_the_data_once_and_a_killed_one_is_redone(kind, tmp_path):
     alone = tmp_path / "alone"
