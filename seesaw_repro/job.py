@@ -25,6 +25,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from seesaw_repro import provenance
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
@@ -64,6 +65,8 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
             run.set_status(state, ended=time.time(), **fields)
 
     try:
+        if rank == 0:
+            run.add_environment(provenance.environment(gpus))
         finished = _train(run, launcher, gpus)
     except (Stopped, KeyboardInterrupt):
         record("cancelled", reason="stopped by a signal; resumes from its last checkpoint")

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from . import configs, verdicts
+from . import configs, provenance, verdicts
 from .recipes import RecipeError, Table
 from .runs import RunDir, server_results
 
@@ -75,13 +75,17 @@ def paper_numbers(table: Table) -> pd.DataFrame:
     return frame
 
 
+ENVIRONMENTS_JOIN = "; "
+
+
 def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0,)) -> pd.DataFrame:
     """One row per row of the paper's table: run id (of the first seed), state, and per
     metric the paper, reproduced (mean over the seeds done), its sd and n, the delta, and
     the effect against the row's baseline, paired by seed (verdicts.paired_effect) beside
     the paper's, with its verdict. A paper row without a recipe row (its setting unreadable,
     or a split the suite does not run) is listed with state "not run" and its note. The
-    column "values" keeps each metric's {seed: value} (for claims)."""
+    column "values" keeps each metric's {seed: value} (for claims); "environment" what the
+    row's done runs ran on (provenance.summary, several joined by ENVIRONMENTS_JOIN)."""
     paper = paper_numbers(table)
     recipe_rows = {row.key: row for row in table.rows}
     seeds = list(seeds)
@@ -90,6 +94,7 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
         row = recipe_rows.get(key)
         note = paper.at[key, "note"]
         record = {"row": key, "run_id": "", "state": "not run", "batch": math.nan}
+        environments: set[str] = set()
         values: dict[str, dict[int, float]] = {metric: {} for metric in metrics_of(table)}
         if row is not None:
             states, devices, server_files = [], set(), []
@@ -104,6 +109,8 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
                     if metric in values:
                         values[metric][seed] = value
                 record["batch"] = result.get("batch") or record["batch"]
+                if result:
+                    environments.update(map(provenance.summary, run_dir.environments()))
                 if "fps" in table.extra_metrics and result.get("speed_device"):
                     devices.add(result["speed_device"])
                 if server_results(result):
@@ -126,6 +133,7 @@ def compare(table: Table, preset: str, work_dir: Path, seeds: Iterable[int] = (0
             record[f"{metric}_n"] = len(found)
             record[f"{metric}_delta"] = ours - theirs
         record["values"] = values
+        record["environment"] = ENVIRONMENTS_JOIN.join(sorted(environments))
         record["note"] = note.strip()
         records.append(record)
     frame = pd.DataFrame.from_records(records)
@@ -363,6 +371,16 @@ def footnotes(table: Table, frame: pd.DataFrame, preset: str, view: str = "auto"
         notes.append(
             f"Total batch differs from the paper's {paper_batch} ({batches}); the learning "
             "rate was scaled linearly (mmengine's auto_scale_lr)."
+        )
+    rows_of: dict[str, list[str]] = {}
+    for rec in frame.to_dict("records"):
+        for environment in filter(None, rec["environment"].split(ENVIRONMENTS_JOIN)):
+            rows_of.setdefault(environment, []).append(rec["row"])
+    if len(rows_of) > 1:
+        notes.append(
+            f"The rows ran in {len(rows_of)} environments, which may move their numbers: "
+            + "; ".join(f"{env} (rows {', '.join(rows)})" for env, rows in sorted(rows_of.items()))
+            + "."
         )
     if preset != "paper":
         notes.append(

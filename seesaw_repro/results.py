@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import provenance
 from .files import write_text_atomic
 from .runs import RunDir
 
@@ -22,6 +23,9 @@ COLUMNS = [
     "split",
     "status",
     "suite_version",
+    "environment",  # what the attempt that finished the run ran on (provenance.summary)
+    "commit",  # the suite's git commit then, "+dirty" when tracked files differed from it
+    "host",
 ]
 
 
@@ -38,6 +42,8 @@ def collect(work_dir: Path) -> pd.DataFrame:
         if info is None:
             continue
         state = run_dir.status()["state"]
+        last = (run_dir.environments() or [{}])[-1]  # {} (None in each column) before a job ran
+        commit = last.get("commit") and last["commit"] + ("+dirty" if last.get("dirty") else "")
         done = run_dir.result() or {}
         metrics = done.get("metrics") or {None: float("nan")}
         for label in info["rows"]:
@@ -55,6 +61,9 @@ def collect(work_dir: Path) -> pd.DataFrame:
                         "split": done.get("split", info["spec"].get("split", "val")),
                         "status": state,
                         "suite_version": info.get("suite_version", ""),
+                        "environment": provenance.summary(last) if last else None,
+                        "commit": commit,
+                        "host": last.get("host"),
                     }
                 )
     return pd.DataFrame.from_records(records, columns=COLUMNS)

@@ -7,6 +7,7 @@ read run state (status, report, plan) import it without torch or mmdet.
     status.json     state (queued, running, done, failed, cancelled), times, exit code
     train.log       the job's stdout and stderr, appended across attempts
     progress.json   iteration counter, written by hooks.ProgressFileHook
+    environment.json  what each attempt ran on (provenance.environment), oldest first
     metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done" (a
                     test-dev run: the names of its result files for the LVIS server)
     iter_*.pth      mmengine checkpoints; a rerun resumes from the newest (last_checkpoint)
@@ -21,6 +22,7 @@ RUN_FILE = "run.json"  # what the run is: its id, preset, spec, rows, needs, sui
 STATUS_FILE = "status.json"
 LOG_FILE = "train.log"
 PROGRESS_FILE = "progress.json"
+ENVIRONMENT_FILE = "environment.json"
 METRICS_FILE = "metrics.json"
 LAST_CHECKPOINT_FILE = "last_checkpoint"  # mmengine's: the name of the newest checkpoint
 LOCK_FILE = "job.lock"  # held by the process training the run (files.try_lock)

@@ -18,6 +18,7 @@ from .files import read_json, try_lock, write_json_atomic, write_text_atomic
 from .recipes import Table
 from .run_folder import (
     CONFIG_FILE,
+    ENVIRONMENT_FILE,
     LAST_CHECKPOINT_FILE,
     LOCK_FILE,
     LOG_FILE,
@@ -277,6 +278,20 @@ class RunDir:
             return named
         saved = list(self.path.glob("iter_*.pth")) + list(self.path.glob("epoch_*.pth"))
         return max(saved, key=lambda p: int(p.stem.split("_")[1]), default=None)
+
+    def environments(self) -> list[dict]:
+        """What each attempt at the run ran on (provenance.environment), oldest first."""
+        found = read_json(self.path / ENVIRONMENT_FILE) or []
+        if not isinstance(found, list) or not all(isinstance(e, dict) for e in found):
+            raise UserError(
+                f"{self.path / ENVIRONMENT_FILE} was edited or damaged (not a list of "
+                "records): delete it; the run's numbers do not depend on it"
+            )
+        return found
+
+    def add_environment(self, record: dict) -> None:
+        """Append the environment of the attempt starting now."""
+        write_json_atomic(self.path / ENVIRONMENT_FILE, [*self.environments(), record])
 
     def info(self) -> dict | None:
         """run.json: the run's id, preset, spec, rows, needs and suite version (None when

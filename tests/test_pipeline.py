@@ -64,6 +64,9 @@ def test_a_run_learns_writes_five_metrics_and_rerun_does_no_work(
     assert triage([run], tmp_path) == [(run, "done")]
     assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
     assert run_dir.log_file.stat().st_size == log_before.st_size
+    (environment,) = run_dir.environments()  # one attempt, recorded by the job
+    assert environment["torch"] == torch.__version__ and environment["device"] == "CPU"
+    assert environment["processes"] == 1 and environment["host"]
     assert (run_dir.path / "metrics.json").stat().st_mtime_ns == metrics_before
 
     frame = compare(load_table("table2"), learning_preset.name, tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from seesaw_repro import plots, results
+from seesaw_repro import plots, provenance, results
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import load_table
 from seesaw_repro.runs import RunDir, plan
@@ -23,6 +23,13 @@ DONE = {
 }
 
 
+# Where they ran: run 0 here, run 5 (resumed) on a GPU node with another torch.
+HERE = provenance.environment(0)
+THERE = {**HERE, "torch": "2.1.0+cu121", "cuda": "12.1", "cudnn": 8902, "device": "NVIDIA A100"}
+THERE.update(host="gpu-node-7", commit="0" * 40, dirty=True)
+ENVIRONMENTS = {0: [HERE], 5: [HERE, THERE]}
+
+
 @pytest.fixture
 def work(tmp_path):
     runs = plan(load_table("table2"), "tiny")
@@ -30,6 +37,8 @@ def work(tmp_path):
         run_dir = RunDir(tmp_path / "w", runs[index].run_id)
         run_dir.prepare(runs[index], tmp_path / "data")
         run_dir.set_status("running")
+        for environment in ENVIRONMENTS[index]:
+            run_dir.add_environment(environment)
         (run_dir.path / "metrics.json").write_text(
             json.dumps({"split": "val", "metrics": metrics, "batch": 8})
         )
@@ -143,6 +152,42 @@ def test_collect_gives_one_tidy_row_per_run_row_and_metric(work):
         assert set(own.table) == {"table02"} and set(own.split) == {"val"}
     failed = frame[frame.status == "failed"]
     assert len(failed) == 1 and failed.value.isna().all()
+    assert failed.environment.isna().all()  # it has no environment.json
+    last = done.drop_duplicates("run_id").set_index("run_id")
+    assert last.at[runs[0].run_id, "environment"] == provenance.summary(HERE)
+    assert last.at[runs[5].run_id, "environment"] == provenance.summary(THERE)
+    assert last.at[runs[5].run_id, "commit"] == "0" * 40 + "+dirty"
+    assert last.at[runs[5].run_id, "host"] == "gpu-node-7"
+
+
+def test_a_table_whose_rows_ran_in_other_environments_says_so(work):
+    result = _seesaw("report", "table2", "--format", "markdown", "--work-dir", "w", cwd=work)
+    assert result.returncode == 0, result.stderr
+    note = next(line for line in result.stdout.splitlines() if "environments" in line)
+    assert "ran in 2 environments" in note
+    assert f"{provenance.summary(HERE)} (rows ce, mf_cf_nla)" in note
+    assert f"{provenance.summary(THERE)} (rows mf_cf_nla)" in note
+    assert "NVIDIA A100" in provenance.summary(THERE) and "CUDA 12.1" in provenance.summary(THERE)
+    for run_dir in (work / "w" / "runs").iterdir():  # all in one environment: no such note
+        (run_dir / "environment.json").write_text(json.dumps([HERE]))
+    again = _seesaw("report", "table2", "--format", "markdown", "--work-dir", "w", cwd=work)
+    assert "environments" not in again.stdout
+
+
+def test_the_environment_is_this_processs():
+    import importlib.metadata
+    import platform
+
+    found = provenance.environment(0)
+    for name in provenance.PACKAGES:
+        assert found[name] == importlib.metadata.version(name)
+    assert found["python"] == platform.python_version() and found["device"] == "CPU"
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=provenance.SUITE_SOURCE
+    )
+    if head.returncode != 0:
+        pytest.skip(f"the suite is not a git checkout here: {head.stderr.strip()}")
+    assert found["commit"] == head.stdout.strip() and isinstance(found["dirty"], bool)
 
 
 @pytest.mark.slow  # trains four runs

@@ -209,6 +209,7 @@ def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick
         ("status", "status.json", '{"state": "running", "pid": "x"}', "damaged (pid of the"),
         ("status", "progress.json", '{"iter": "3"}', "progress.json was edited or damaged (iter"),
         ("collect", "run.json", '{"spec": "x"}', "run.json was edited or damaged (spec"),
+        ("collect", "environment.json", '{"host": "x"}', "environment.json was edited or"),
     ],
 )
 def test_a_corrupt_run_record_is_one_clear_line(tmp_path, command, name, text, expected):
