@@ -312,6 +312,64 @@ def _require_pretrained(planned: list, work_dir: Path, table: str) -> None:
     pretrained.require(pretrained.names_in([run.config for run in to_train]), table)
 
 
+@app.command()
+@user_errors
+def doctor(
+    table: str | None = typer.Argument(
+        None,
+        help="The table or figure whose runs to check for (its data, pretrained backbones); "
+        "left out: the machine only.",
+    ),
+    preset: str = PRESET,
+    work_dir: Path = WORK_DIR,
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="The dataset root the runs would use (as repro's)."
+    ),
+    executor: str = typer.Option(
+        "local",
+        "--executor",
+        help="local or slurm; slurm also checks Slurm's commands, the partition and its GPUs.",
+    ),
+    gpus: int = typer.Option(
+        0,
+        "--gpus",
+        min=0,
+        help="GPUs per run, as repro would use them: checks torch sees that many, runs mmcv's "
+        "ops on a GPU, and NCCL when more than one.",
+    ),
+    partition: str | None = typer.Option(None, "--partition", help="Slurm partition to check."),
+    profile: Path | None = typer.Option(
+        None,
+        "--profile",
+        envvar="SEESAW_SLURM_PROFILE",
+        help="Slurm profile (TOML) to check, as repro reads it.",
+    ),
+) -> None:
+    """Check this machine before spending hours on a table: torch and its GPUs, mmcv's compiled
+    ops, NCCL, versions against the tested stack, the data root, pretrained backbones, free
+    disk and Slurm. Prints each check with the fix of each failure; exit 2 when one fails."""
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    from seesaw_repro import doctor as checklist
+
+    if executor not in ("local", "slurm"):
+        raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
+    found = checklist.checks(table, preset, data_root, work_dir, executor, gpus, partition, profile)
+    out = RichTable(title=f"seesaw doctor{f' {table}' if table else ''}, preset {preset}")
+    for column in ("check", "state", "found", "fix"):
+        out.add_column(column, overflow="fold")
+    colours = {checklist.OK: "green", checklist.WARN: "yellow", checklist.FAIL: "red"}
+    for check in found:
+        state = Text(check.state, style=colours[check.state])
+        out.add_row(Text(check.name), state, Text(check.found), Text(check.fix))
+    Console().print(out)
+    failed = [check.name for check in found if check.state == checklist.FAIL]
+    if failed:
+        console.print(f"{len(failed)} check(s) fail: {', '.join(failed)}", markup=False)
+        raise typer.Exit(2)
+
+
 @app.command("report")
 @user_errors
 def report_command(

@@ -114,6 +114,15 @@ def check_slurm(partition: str | None = None) -> None:
         )
 
 
+def partition_has_gpus(partition: str | None) -> bool:
+    """Whether the nodes of `partition` (None: the default one) list a GPU generic resource."""
+    command = ["sinfo", "-h", "-o", "%G", *(["-p", partition] if partition else [])]
+    result = _ask(command)
+    if result.returncode != 0:
+        raise UserError(_failed(result))
+    return "gpu" in result.stdout
+
+
 def script(run: PlannedRun, run_dir: RunDir, options: SlurmOptions, after: list[str]) -> str:
     """The sbatch script of one run."""
     nodes, gpus_per_node = options.layout()
