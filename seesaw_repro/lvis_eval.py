@@ -19,7 +19,8 @@ loops, which on LVIS v1 val takes tens of minutes and 20-30 GB. The same steps h
    precision made monotone and read at 101 recall points, for 10 IoU thresholds.
 
 Only the area range "all" is computed (the one the tables report). Equal to lvis-api per
-frequency group and per category (tests/test_lvis_eval.py).
+frequency group and per category (tests/test_lvis_eval.py). numpy and pycocotools only: the
+mmdet metric the runs use is lvis_metric.FastLVISMetric.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import gc
 import json
 import math
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +37,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from mmdet.evaluation import LVISMetric
-from mmdet.registry import METRICS
 from pycocotools import mask as mask_utils
 
 from .errors import UserError
-from .files import write_json_atomic
 
 MAX_DETS_PER_IMAGE = 300
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -474,37 +471,3 @@ def _mean_valid(precision: np.ndarray) -> float:
     """lvis-api's reduction: the mean of the entries that are not -1 (-1: no ground truth)."""
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else -1.0
-
-
-@METRICS.register_module()
-class FastLVISMetric(LVISMetric):
-    """mmdet's LVISMetric, evaluated by `evaluate` above: the numbers lvis-api gives (tested),
-    much faster; the per-category AP goes to `per_category_file` (JSON, per metric: category
-    id -> AP in [0, 1], -1 where it has no ground truth)."""
-
-    def __init__(self, ann_file: str, per_category_file: str | None = None, **kwargs) -> None:
-        super().__init__(ann_file=ann_file, **kwargs)
-        self.ann_file = ann_file
-        self.per_category_file = per_category_file
-
-    def compute_metrics(self, results: list) -> dict[str, float]:
-        """The LVISMetric keys (`segm_AP`, `segm_APr`, ...), from our evaluation."""
-        if self.cat_ids is None:
-            self.cat_ids = self._lvis_api.get_cat_ids()
-        _, predictions = zip(*results, strict=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            files = self.results2json(predictions, self.outfile_prefix or f"{tmp}/results")
-            if self.format_only:
-                return {}
-            found, per_category = {}, {}
-            for metric in self.metrics:
-                evaluation = evaluate(Path(self.ann_file), Path(files[metric]), metric)
-                for ours, theirs in (
-                    ("AP", "AP"),
-                    *((v, f"AP{k}") for k, v in FREQUENCY_GROUPS.items()),
-                ):
-                    found[f"{metric}_{theirs}"] = evaluation[ours]
-                per_category[metric] = evaluation["per_category"]
-        if self.per_category_file:
-            write_json_atomic(Path(self.per_category_file), per_category)
-        return found

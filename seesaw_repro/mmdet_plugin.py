@@ -11,7 +11,7 @@ from . import (  # noqa: F401
     hooks,
     htc_lite,
     losses,
-    lvis_eval,
+    lvis_metric,
     pretrained,
     tsd,
     tta,

@@ -593,7 +593,7 @@ PAPER_VS_MMDET = {
     "train_dataloader.dataset": "same data, under the given data root",
     "val_dataloader.dataset": "same data, under the given data root",
     "test_dataloader.dataset": "same data, under the given data root",
-    "val_evaluator": "the suite's FastLVISMetric (lvis_eval.py): lvis-api's numbers (tested), "
+    "val_evaluator": "the suite's FastLVISMetric (lvis_metric.py): lvis-api's numbers (tested), "
     "faster, each category's AP kept for Figure 4; same annotations, under the given data root",
     "test_evaluator": "same annotations, under the given data root",
 }

@@ -13,7 +13,7 @@ read run state (status, report, plan) import it without torch or mmdet.
     iter_*.pth      mmengine checkpoints; a rerun resumes from the newest (last_checkpoint)
     job.lock        locked by the process that trains the run, so only one ever does
     slurm.sbatch    the batch script, when the run goes through Slurm
-and what some runs write besides: per_category_ap.json (lvis_eval.FastLVISMetric),
+and what some runs write besides: per_category_ap.json (lvis_metric.FastLVISMetric),
 gradient_stats.json (Figure 3), classification_accuracy.json (Figure 1).
 """
 

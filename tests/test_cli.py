@@ -287,11 +287,12 @@ def test_config_of_an_unknown_run_is_one_line_and_exit_2(tmp_path):
 
 
 def test_commands_that_only_plan_or_read_runs_import_no_torch():
-    """`status`, `report`, `plan` and repro's checks answer in a second or two: what they import
-    leaves torch, mmcv and mmdet (5 s or more) to the training job."""
+    """`status`, `report`, `plan`, `eval` and repro's checks answer in a second or two: what
+    they import leaves torch, mmcv and mmdet (5 s or more) to the training job."""
     code = (
         "import sys, cli\n"
-        "from seesaw_repro import executors, recipes, report, results, runs, slurm, verdicts\n"
+        "from seesaw_repro import executors, lvis_eval, recipes, report, results, runs, slurm\n"
+        "from seesaw_repro import verdicts\n"
         "print(sorted({'torch', 'mmcv', 'mmdet'} & set(sys.modules)))"
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,6 +1,6 @@
 """The LVIS evaluation: mmdet's LVISMetric on lvis-api (with the numpy fix) gives the paper's
 five metrics, which mean what they say on detections we know the answer for, and the metric
-the runs use (lvis_eval.FastLVISMetric) gives lvis-api's numbers, keys and per-category AP."""
+the runs use (lvis_metric.FastLVISMetric) gives lvis-api's numbers, keys and per-category AP."""
 
 import json
 
@@ -101,7 +101,7 @@ def test_fast_lvis_metric_the_runs_use_gives_lvis_apis_numbers_and_per_category_
 ):
     from lvis import LVISEval, LVISResults
 
-    from seesaw_repro.lvis_eval import FastLVISMetric
+    from seesaw_repro.lvis_metric import FastLVISMetric
 
     compat.apply()
     ann_file = str(synth.annotation_paths(quick_data)["val"])
