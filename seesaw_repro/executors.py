@@ -66,13 +66,19 @@ def gpu_slots(gpus_per_run: int, jobs: int) -> list[list[str]]:
     return [devices[i * gpus_per_run : (i + 1) * gpus_per_run] for i in range(groups)]
 
 
+CPU_PROCS = "SEESAW_CPU_PROCS"  # processes per CPU run (default 1)
+
+
 def _launch(run_dir: RunDir, threads: int, gpus: list[str]) -> tuple[subprocess.Popen, IO[str]]:
     env = {**os.environ, "SEESAW_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     job = ["-m", "seesaw_repro.job", str(run_dir.path), "--gpus", str(len(gpus))]
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    if len(gpus) > 1:  # one process per GPU; --standalone picks a free rendezvous port
-        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={len(gpus)}"]
+    # One process per GPU; on CPU, SEESAW_CPU_PROCS processes (gloo): the multi-GPU path,
+    # testable without GPUs. --standalone picks a free rendezvous port.
+    procs = len(gpus) or int(os.environ.get(CPU_PROCS, "1"))
+    if procs > 1:
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
         command = [sys.executable, *torchrun, *job, "--launcher", "pytorch"]
     else:
         command = [sys.executable, *job]

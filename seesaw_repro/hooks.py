@@ -73,6 +73,8 @@ class ProgressFileHook(Hook):
         self._start: tuple[float, int] | None = None
 
     def _write(self, runner: Runner, phase: str, iters_done: int) -> None:
+        if not is_main_process():  # one writer when several processes train the run
+            return
         now = time.time()
         if self._start is None:
             self._start = (now, iters_done)
@@ -134,7 +136,7 @@ class MetricsFileHook(Hook):
         _outputs_into_work_dir(runner.test_loop.evaluator, runner.work_dir)
 
     def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
-        if runner.iter < runner.max_iters:
+        if runner.iter < runner.max_iters or not is_main_process():
             return
         batch = runner.world_size * runner.cfg.train_dataloader.batch_size
         split = runner.cfg.get("seesaw", {}).get("eval_split", "val")
@@ -152,6 +154,8 @@ class MetricsFileHook(Hook):
 
     def after_test_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
         evaluator = runner.cfg.get("test_evaluator", {})
+        if not is_main_process():
+            return
         if runner.cfg.get("seesaw", {}).get("job") == "evaluate":  # a model fitted post hoc
             record = {"split": runner.cfg.seesaw.eval_split, "metrics": paper_metrics(metrics)}
             write_json_atomic(Path(runner.work_dir) / METRICS_FILE, record)
@@ -224,20 +228,28 @@ class GradientStatsHook(Hook):
     class logits whatever the loss (Seesaw with or without objectness, cross-entropy, EQL,
     BAGS): a sample of class i gives a positive
     gradient on z_i and negative gradients on every other z_j (a background sample only
-    negative ones). The sums travel in the checkpoints, so a resumed run keeps them, and are
-    written to gradient_stats.json when training ends.
+    negative ones). Each process sums its own samples; the totals over all processes travel
+    in the checkpoints, so a resumed run keeps them, and are written to gradient_stats.json
+    when training ends.
     """
 
     priority = "LOW"
 
     def __init__(self) -> None:
+        # this process's sums since it started, and the totals of the checkpoint resumed from
         self.positive: dict[str, torch.Tensor] = {}
         self.negative: dict[str, torch.Tensor] = {}
+        self.resumed: dict[str, dict[str, torch.Tensor]] = {"positive": {}, "negative": {}}
+        self.heads: dict[str, int] = {}  # watched loss -> number of classes
+        self.device = torch.device("cpu")
 
     def before_train(self, runner: Runner) -> None:
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        first = next(model.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
         for name, module in model.named_modules():
             if name.startswith("roi_head") and hasattr(module, "loss_cls"):
+                self.heads[f"{name}.loss_cls"] = module.num_classes
                 watch = self._watch(f"{name}.loss_cls", module.num_classes)
                 module.loss_cls.register_forward_pre_hook(watch)
 
@@ -264,28 +276,44 @@ class GradientStatsHook(Hook):
 
         return pre_hook
 
+    def totals(self) -> dict[str, dict[str, torch.Tensor]]:
+        """{"positive"|"negative": {loss: per-class sums}} over every process and attempt, on
+        the CPU. Every process must call it (a sum over processes when several train)."""
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        names = sorted(set(self.heads) | set(self.resumed["positive"]))
+        for side, sums in (("positive", self.positive), ("negative", self.negative)):
+            found[side] = {}
+            for name in names:
+                size = self.heads.get(name) or len(self.resumed[side][name])
+                own = sums.get(name)
+                summed = (
+                    own.clone()
+                    if own is not None
+                    else torch.zeros(size, dtype=torch.double, device=self.device)
+                )
+                all_reduce(summed)  # mmengine's: a sum, nothing when one process trains
+                found[side][name] = summed.cpu() + self.resumed[side].get(name, 0)
+        return found
+
     def before_save_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
-        checkpoint["gradient_stats"] = {
-            "positive": {k: v.cpu() for k, v in self.positive.items()},
-            "negative": {k: v.cpu() for k, v in self.negative.items()},
-        }
+        checkpoint["gradient_stats"] = self.totals()
 
     def after_load_checkpoint(self, runner: Runner, checkpoint: dict) -> None:
         saved = checkpoint.get("gradient_stats", {})
-        self.positive = dict(saved.get("positive", {}))
-        self.negative = dict(saved.get("negative", {}))
+        self.resumed = {side: dict(saved.get(side, {})) for side in ("positive", "negative")}
+        self.positive, self.negative = {}, {}
 
     def after_train(self, runner: Runner) -> None:
+        totals = self.totals()
+        if not is_main_process():
+            return
         write_json_atomic(
             Path(runner.work_dir) / GRADIENT_STATS_FILE,
             {
                 "iter": runner.iter,
                 "heads": {
-                    name: {
-                        "positive": self.positive[name].cpu().tolist(),
-                        "negative": self.negative[name].cpu().tolist(),
-                    }
-                    for name in self.positive
+                    name: {side: totals[side][name].tolist() for side in ("positive", "negative")}
+                    for name in totals["positive"]
                 },
             },
         )

@@ -112,6 +112,15 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
     cfg.launcher = launcher
+    if launcher != "none" and gpus == 0:
+        # Several CPU processes (executors.CPU_PROCS): mmengine would pick a CUDA device for
+        # each and hand DDP its index; gloo and a DDP over CPU tensors instead.
+        torch.distributed.init_process_group("gloo")
+        cfg.model_wrapper_cfg = {
+            "type": "MMDistributedDataParallel",
+            "device_ids": None,
+            "broadcast_buffers": False,
+        }
     newest = run.newest_checkpoint()
     if newest is not None:
         # A previous attempt was stopped: go on from its newest checkpoint, not from load_from.

@@ -78,7 +78,7 @@ def test_no_gradient_no_count_and_checkpoint_round_trip(tmp_path):
     hook.before_save_checkpoint(None, checkpoint)
     resumed = GradientStatsHook()
     resumed.after_load_checkpoint(None, checkpoint)
-    assert resumed.positive.keys() == hook.positive.keys()
+    assert resumed.totals()["positive"].keys() == hook.positive.keys()
     resumed.after_train(SimpleNamespace(work_dir=str(tmp_path), iter=1))
     saved = json.loads((tmp_path / "gradient_stats.json").read_text())
     assert (
@@ -119,3 +119,34 @@ def test_eql_and_bags_class_logits_are_split_the_same_way(tmp_path, loss):
     torch.testing.assert_close(hook.positive[name], positive)
     torch.testing.assert_close(hook.negative[name], negative)
     assert (hook.positive[name] > 0).all()
+
+
+def _totals_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    hook = GradientStatsHook()
+    hook.heads = {"a": 3, "b": 2}
+    hook.resumed = {  # what both ranks loaded from the checkpoint they resumed from
+        "positive": {"a": torch.full((3,), 10.0, dtype=torch.double)},
+        "negative": {"a": torch.full((3,), 20.0, dtype=torch.double)},
+    }
+    own = torch.tensor([1.0, 2.0, 3.0], dtype=torch.double) * (rank + 1)
+    hook.positive = {"a": own, **({"b": torch.ones(2, dtype=torch.double)} if rank else {})}
+    hook.negative = {"a": own * 2}  # head "b" had no gradient on either rank
+    torch.save(hook.totals(), f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_totals_sum_the_processes_and_the_resumed_checkpoint_once(tmp_path):
+    import torch.multiprocessing as mp
+
+    args = (str(tmp_path / "init"), str(tmp_path))
+    mp.start_processes(_totals_on_rank, args=args, nprocs=2, start_method="spawn")
+    for rank in range(2):  # every rank holds the same totals
+        totals = torch.load(tmp_path / f"rank{rank}.pt")
+        assert totals["positive"]["a"].tolist() == [13.0, 16.0, 19.0]  # 10 + (1 + 2) x
+        assert totals["negative"]["a"].tolist() == [26.0, 32.0, 38.0]
+        assert totals["positive"]["b"].tolist() == [1.0, 1.0]
+        assert totals["negative"]["b"].tolist() == [0.0, 0.0]

@@ -18,7 +18,7 @@ import torch
 from seesaw_repro import presets
 from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import run_local, triage
+from seesaw_repro.executors import CPU_PROCS, run_local, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
 from seesaw_repro.runs import PlannedRun, RunDir, plan
@@ -288,3 +288,28 @@ def test_an_exported_config_trains_with_mmdets_own_tools_train_and_writes_only_t
     assert sorted(metrics) == sorted(LVIS_METRICS)
     assert (tmp_path / "mine" / "per_category_ap.json").exists()
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.path.iterdir()} == before
+
+
+def test_two_cpu_processes_train_a_run_as_two_gpus_would(
+    tmp_path, quick_data, with_quick_preset, monkeypatch
+):
+    """The multi-GPU path (torchrun, one process per device, DDP) on CPU with gloo: both
+    ranks train, Seesaw's class counts are summed over them, rank 0 alone writes the run's
+    files."""
+    monkeypatch.setenv(CPU_PROCS, "2")
+    run = _runs(with_quick_preset)[-1]  # MF + CF + NLA
+    assert run_local([run], tmp_path, quick_data, jobs=1) == {run.run_id: "done"}
+    run_dir = RunDir(tmp_path, run.run_id)
+    assert "Distributed training: True" in run_dir.log_file.read_text()
+    (environment,) = run_dir.environments()
+    assert environment["processes"] == 2
+    assert sorted(run_dir.metrics()) == sorted(LVIS_METRICS)
+    config = run.config
+    iters, images = config["train_cfg"]["max_iters"], config["train_dataloader"]["batch_size"]
+    rois = config["model"]["train_cfg"]["rcnn"]["sampler"]["num"]
+    final = run_dir.path / f"iter_{iters}.pth"
+    weights = load_from_local_safely(str(final), map_location="cpu")["state_dict"]
+    counts = weights["roi_head.bbox_head.loss_cls.cum_samples"]
+    # every RoI the sampler drew on either rank counted once: 2 processes x images x RoIs
+    assert counts.sum().item() == iters * 2 * images * rois
+    assert not list(run_dir.path.glob(".*.tmp"))
