@@ -35,7 +35,7 @@ from rich.progress import (
 from . import slurm
 from .errors import UserError
 from .run_folder import LOCKED
-from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
+from .runs import FINAL_STATES, PlannedRun, RunDir, cpu_processes, failed_dependency
 
 
 @dataclass
@@ -66,17 +66,13 @@ def gpu_slots(gpus_per_run: int, jobs: int) -> list[list[str]]:
     return [devices[i * gpus_per_run : (i + 1) * gpus_per_run] for i in range(groups)]
 
 
-CPU_PROCS = "SEESAW_CPU_PROCS"  # processes per CPU run (default 1)
-
-
 def _launch(run_dir: RunDir, threads: int, gpus: list[str]) -> tuple[subprocess.Popen, IO[str]]:
     env = {**os.environ, "SEESAW_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
     job = ["-m", "seesaw_repro.job", str(run_dir.path), "--gpus", str(len(gpus))]
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    # One process per GPU; on CPU, SEESAW_CPU_PROCS processes (gloo): the multi-GPU path,
-    # testable without GPUs. --standalone picks a free rendezvous port.
-    procs = len(gpus) or int(os.environ.get(CPU_PROCS, "1"))
+    # One process per GPU (or runs.cpu_processes() on CPU); --standalone picks a free port.
+    procs = len(gpus) or cpu_processes()
     if procs > 1:
         torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
         command = [sys.executable, *torchrun, *job, "--launcher", "pytorch"]
@@ -176,7 +172,8 @@ def run_local(
     if not pending and not watched:
         return states
 
-    threads = max(1, (os.cpu_count() or 1) // len(slots))
+    processes = len(slots) * (gpus_per_run or cpu_processes())  # at once, each its cores
+    threads = max(1, (os.cpu_count() or 1) // processes)
     active: list[_Active] = []
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     columns = (

@@ -113,8 +113,15 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     cfg.work_dir = str(run_dir)
     cfg.launcher = launcher
     if launcher != "none" and gpus == 0:
-        # Several CPU processes (executors.CPU_PROCS): mmengine would pick a CUDA device for
-        # each and hand DDP its index; gloo and a DDP over CPU tensors instead.
+        # Several CPU processes (runs.cpu_processes): mmengine would pick a CUDA device for
+        # each and hand DDP its index; gloo and a DDP over CPU tensors instead. Under srun the
+        # rendezvous is the script's MASTER_ADDR/PORT and Slurm's task numbers.
+        if launcher == "slurm":
+            os.environ.update(
+                RANK=os.environ["SLURM_PROCID"],
+                LOCAL_RANK=os.environ["SLURM_LOCALID"],
+                WORLD_SIZE=os.environ["SLURM_NTASKS"],
+            )
         torch.distributed.init_process_group("gloo")
         cfg.model_wrapper_cfg = {
             "type": "MMDistributedDataParallel",

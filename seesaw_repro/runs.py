@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import time
 from collections.abc import Iterable
@@ -48,6 +49,18 @@ class PlannedRun:
     config: dict  # resolved, with the DATA_ROOT and RUNS_DIR placeholders
     rows: tuple[str, ...]
     needs: tuple[str, ...] = ()  # ids of the runs whose checkpoints this one loads
+
+
+CPU_PROCS = "SEESAW_CPU_PROCS"
+
+
+def cpu_processes() -> int:
+    """Processes per run without GPUs: $SEESAW_CPU_PROCS, default 1. Several train as several
+    GPUs would (torchrun or srun, DDP), with gloo: that path, tested without GPUs."""
+    text = os.environ.get(CPU_PROCS, "1")
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{CPU_PROCS}={text!r} is not a whole number >= 1")
+    return int(text)
 
 
 def cost(run: PlannedRun) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import write_text_atomic
 from .run_folder import SCRIPT_FILE
-from .runs import FINAL_STATES, PlannedRun, RunDir, failed_dependency
+from .runs import FINAL_STATES, PlannedRun, RunDir, cpu_processes, failed_dependency
 
 SIGNAL_GRACE_S = 180  # USR1 this long before the time limit: time to checkpoint and requeue
 
@@ -126,7 +126,7 @@ def partition_has_gpus(partition: str | None) -> bool:
 def script(run: PlannedRun, run_dir: RunDir, options: SlurmOptions, after: list[str]) -> str:
     """The sbatch script of one run."""
     nodes, gpus_per_node = options.layout()
-    tasks = max(1, gpus_per_node)
+    tasks = gpus_per_node or cpu_processes()
     launcher = "slurm" if nodes * tasks > 1 else "none"
     flags = [
         f"--job-name={job_name(run.run_id)}",

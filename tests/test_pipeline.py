@@ -18,10 +18,10 @@ import torch
 from seesaw_repro import presets
 from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import CPU_PROCS, run_local, triage
+from seesaw_repro.executors import run_local, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
-from seesaw_repro.runs import PlannedRun, RunDir, plan
+from seesaw_repro.runs import CPU_PROCS, PlannedRun, RunDir, plan
 
 LVIS_METRICS = list(METRICS["lvis"])
 

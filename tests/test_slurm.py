@@ -17,7 +17,7 @@ from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import follow, run_local, run_slurm, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.run_folder import SCRIPT_FILE
-from seesaw_repro.runs import PlannedRun, RunDir, plan
+from seesaw_repro.runs import CPU_PROCS, PlannedRun, RunDir, plan
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +91,21 @@ def test_table2_trains_on_slurm_as_it_does_locally(
         _assert_same_training(
             RunDir(tmp_path / "slurm", run.run_id), RunDir(tmp_path / "local", run.run_id)
         )
+
+
+def test_two_cpu_tasks_train_a_run_as_two_local_processes_do(
+    tmp_path, cluster, quick_data, with_quick_preset, monkeypatch
+):
+    """The multi-GPU path through srun (mmengine's slurm launcher's rendezvous) on CPU."""
+    monkeypatch.setenv(CPU_PROCS, "2")
+    run = plan(load_table("table2"), with_quick_preset.name)[-1]  # MF + CF + NLA
+    on_slurm = RunDir(tmp_path / "slurm", run.run_id)
+    assert run_slurm([run], tmp_path / "slurm", quick_data, CPU_JOB) == {run.run_id: "queued"}
+    assert "#SBATCH --ntasks-per-node=2\n" in (on_slurm.path / SCRIPT_FILE).read_text()
+    assert follow([run], tmp_path / "slurm", poll_s=1) == {run.run_id: "done"}
+    assert on_slurm.environments()[0]["processes"] == 2
+    assert run_local([run], tmp_path / "local", quick_data, jobs=1) == {run.run_id: "done"}
+    _assert_same_training(on_slurm, RunDir(tmp_path / "local", run.run_id))
 
 
 def _longer_run(preset, iters: int) -> PlannedRun:
