@@ -197,6 +197,12 @@ def repro(
         False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
     ),
     seeds: str = typer.Option("1", "--seeds", help=SEEDS_HELP),
+    tensorboard: bool = typer.Option(
+        False,
+        "--tensorboard",
+        help="The jobs started now also log losses and metrics for TensorBoard, under each "
+        "run's folder (`tensorboard --logdir WORK_DIR/runs`); run ids do not change.",
+    ),
     budget: float | None = typer.Option(
         None,
         "--budget",
@@ -236,6 +242,8 @@ def repro(
         slurm.check_slurm(options.partition)
     else:
         executors.gpu_slots(gpus, 1)  # enough GPUs here?
+    if tensorboard:
+        _enable_tensorboard()
     if executor == "slurm" and budget is None:
         budget = options.budget
     if budget is not None:
@@ -283,6 +291,20 @@ def repro(
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _enable_tensorboard() -> None:
+    """Make the jobs this process starts (locally or through sbatch, which passes the
+    environment on) add mmengine's TensorBoard backend to their visualizer."""
+    import importlib.util
+
+    from seesaw_repro.runs import TENSORBOARD
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserError(
+            "--tensorboard needs the tensorboard package: .venv/bin/pip install tensorboard"
+        )
+    os.environ[TENSORBOARD] = "1"
 
 
 def _check_budget(triaged: list, budget: float, preset: str) -> None:

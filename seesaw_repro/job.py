@@ -30,7 +30,7 @@ from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
 from seesaw_repro.run_folder import LOCK_FILE, LOCKED
-from seesaw_repro.runs import RunDir
+from seesaw_repro.runs import TENSORBOARD, RunDir
 
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
 USER_ERROR = 2  # exit code: something the user must fix first (the message says what)
@@ -112,6 +112,13 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     cfg = Config.fromfile(str(run_dir / "config.py"))
     cfg.work_dir = str(run_dir)
     cfg.launcher = launcher
+    if os.environ.get(TENSORBOARD) == "1":  # repro --tensorboard; outside the run id
+        visualizer = cfg.get("visualizer") or {"type": "Visualizer", "name": "visualizer"}
+        visualizer["vis_backends"] = [
+            *visualizer.get("vis_backends", []),
+            {"type": "TensorboardVisBackend"},
+        ]
+        cfg.visualizer = visualizer
     if launcher != "none" and gpus == 0:
         # Several CPU processes (runs.cpu_processes): mmengine would pick a CUDA device for
         # each and hand DDP its index; gloo and a DDP over CPU tensors instead. Under srun the
@@ -132,7 +139,10 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     if newest is not None:
         # A previous attempt was stopped: go on from its newest checkpoint, not from load_from.
         cfg.resume, cfg.load_from = True, str(newest)
-    runner = Runner.from_cfg(cfg)
+    # mmengine's Runner writes the config it runs into the work dir under the file's name,
+    # which would overwrite config.py with this attempt's changes; without a name it writes
+    # <timestamp>.py: each attempt's effective config, beside its log folder.
+    runner = Runner.from_cfg(Config(cfg.to_dict()))
     if cfg.get("seesaw", {}).get("job") in ("test-dev", "evaluate"):
         runner.test()  # a trained model on test-dev, or fitted post hoc; no training
     else:

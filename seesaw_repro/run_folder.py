@@ -6,6 +6,8 @@ read run state (status, report, plan) import it without torch or mmdet.
     run.json        run id, preset, spec, and the table rows that use this run
     status.json     state (queued, running, done, failed, cancelled), times, exit code
     train.log       the job's stdout and stderr, appended across attempts
+    <time>.py, <time>/  each attempt's effective config and mmengine's logs (vis_data/: its
+                    scalars, and TensorBoard's events with repro --tensorboard)
     progress.json   iteration counter, written by hooks.ProgressFileHook
     environment.json  what each attempt ran on (provenance.environment), oldest first
     metrics.json    the evaluation, written last by hooks.MetricsFileHook: "done" (a

@@ -52,6 +52,8 @@ class PlannedRun:
 
 
 CPU_PROCS = "SEESAW_CPU_PROCS"
+# "1": the jobs also log to TensorBoard (repro --tensorboard; Slurm jobs inherit it)
+TENSORBOARD = "SEESAW_TENSORBOARD"
 
 
 def cpu_processes() -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from seesaw_repro import presets
 from seesaw_repro.compat import load_from_local_safely
@@ -21,7 +22,7 @@ from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import run_local, triage
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
-from seesaw_repro.runs import CPU_PROCS, PlannedRun, RunDir, plan
+from seesaw_repro.runs import CPU_PROCS, TENSORBOARD, PlannedRun, RunDir, plan
 
 LVIS_METRICS = list(METRICS["lvis"])
 
@@ -43,11 +44,16 @@ def learning_preset(monkeypatch, quick_preset):
 
 
 def test_a_run_learns_writes_five_metrics_and_rerun_does_no_work(
-    tmp_path, quick_data, learning_preset
+    tmp_path, quick_data, learning_preset, monkeypatch
 ):
     run = _runs(learning_preset)[0]  # CE
+    monkeypatch.setenv(TENSORBOARD, "1")  # as `repro --tensorboard` sets it for its jobs
     assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
     run_dir = RunDir(tmp_path, run.run_id)
+    assert "Tensorboard" not in run_dir.config_file.read_text()  # not part of the run id
+    (events,) = run_dir.path.glob("*/vis_data/events.out.tfevents.*")
+    logged = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"loss", "loss_mask", "lr", "lvis/segm_AP", "lvis/segm_APr"} <= set(logged), logged
     metrics = run_dir.metrics()
     assert sorted(metrics) == sorted(LVIS_METRICS)
     # Well above chance (0): a category id or class order that differs between the training
