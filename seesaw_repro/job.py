@@ -29,7 +29,7 @@ from seesaw_repro import provenance
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
 from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
-from seesaw_repro.run_folder import LOCK_FILE, LOCKED
+from seesaw_repro.run_folder import LOCK_FILE, LOCKED, METRICS_FILE
 from seesaw_repro.runs import TENSORBOARD, RunDir
 
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
@@ -91,8 +91,8 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
         record("failed", reason=f"{type(err).__name__}: {err}"[:500])
         raise
     if not finished:
-        print(f"the run finished but {run_dir / 'metrics.json'} was not written", file=sys.stderr)
-        record("failed", reason="finished without writing metrics.json")
+        print(f"the run finished but {run_dir / METRICS_FILE} was not written", file=sys.stderr)
+        record("failed", reason=f"finished without writing {METRICS_FILE}")
         return 1
     record("done")
     return 0
@@ -109,7 +109,7 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
     if "SEESAW_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["SEESAW_THREADS"]))
     # The config's custom_imports loads seesaw_repro.mmdet_plugin, as in mmdet's tools/train.py.
-    cfg = Config.fromfile(str(run_dir / "config.py"))
+    cfg = Config.fromfile(str(run.config_file))
     cfg.work_dir = str(run_dir)
     cfg.launcher = launcher
     if os.environ.get(TENSORBOARD) == "1":  # repro --tensorboard; outside the run id
