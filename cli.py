@@ -218,10 +218,8 @@ def repro(
     a run that another `seesaw repro` trains, or that Slurm has queued, is left to it.
     """
     from seesaw_repro import executors, recipes, report, runs, slurm
-    from seesaw_repro.errors import UserError
 
-    if executor not in ("local", "slurm"):
-        raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
+    _check_executor(executor)
     spec_table = recipes.load_table(table)
     report.paper_numbers(spec_table)  # a recipe the report cannot show fails before training
     seed_list = runs.parse_seeds(seeds)
@@ -291,6 +289,11 @@ def repro(
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _check_executor(executor: str) -> None:
+    if executor not in ("local", "slurm"):
+        raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
 
 
 def _enable_tensorboard() -> None:
@@ -375,8 +378,7 @@ def doctor(
 
     from seesaw_repro import doctor as checklist
 
-    if executor not in ("local", "slurm"):
-        raise UserError(f"unknown --executor {executor!r}: use 'local' or 'slurm'")
+    _check_executor(executor)
     found = checklist.checks(table, preset, data_root, work_dir, executor, gpus, partition, profile)
     out = RichTable(title=f"seesaw doctor{f' {table}' if table else ''}, preset {preset}")
     for column in ("check", "state", "found", "fix"):
