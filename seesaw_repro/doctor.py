@@ -111,21 +111,20 @@ def tested_versions() -> dict[str, str]:
 
 
 def _versions() -> list[Check]:
-    checks = []
+    found = []
     for name, tested in tested_versions().items():
         try:
             installed = version(name)
         except PackageNotFoundError:
-            checks.append(Check(name, FAIL, "not installed", "run ./setup.sh"))
+            found.append(Check(name, FAIL, "not installed", "run ./setup.sh"))
             continue
         if installed.split("+")[0] == tested:
-            checks.append(Check(name, OK, installed))
+            found.append(Check(name, OK, installed))
         else:
-            found = f"{installed}; the suite is tested with {tested}"
-            checks.append(
-                Check(name, WARN, found, f"numbers may differ: pip install {name}=={tested}")
-            )
-    return checks
+            differs = f"{installed}; the suite is tested with {tested}"
+            fix = f"numbers may differ: pip install {name}=={tested}"
+            found.append(Check(name, WARN, differs, fix))
+    return found
 
 
 def _table(table: str, preset: str, data_root: Path | None, work_dir: Path) -> list[Check]:

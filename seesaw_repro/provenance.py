@@ -14,9 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGES = ("torch", "mmcv", "mmdet", "mmengine")
-# What can change a run's numbers, in the order summary() names it; the commit, host and
-# time are recorded but not compared.
-COMPARED = ("python", *PACKAGES, "cuda", "cudnn", "device")
 SUITE_SOURCE = Path(__file__).resolve().parent.parent
 
 

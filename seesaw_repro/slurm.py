@@ -91,6 +91,11 @@ def load_options(profile: Path | None, **given: object) -> SlurmOptions:
     except TypeError as err:
         raise UserError(f"bad Slurm options: {err}") from None
     options.layout()
+    budget = options.budget  # --budget is checked by its option; a profile's here
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 0
+    ):
+        raise UserError(f"budget {budget!r} is not a number >= 0 (the Slurm profile's budget)")
     return options
 
 
