@@ -401,7 +401,11 @@ def report_command(
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
     fmt: str = typer.Option(
-        "rich", "--format", help="rich (terminal), markdown, latex (a table* float) or csv."
+        "rich",
+        "--format",
+        help="rich (terminal), markdown, latex (a table* float), csv, or html: one "
+        "self-contained page with a summary of verdicts, every table, its claims, the figures "
+        "whose runs are done and an appendix of runs (its config links are relative to --out).",
     ),
     out: Path | None = typer.Option(None, "--out", help="Write to this file, not stdout."),
     seeds: str | None = SEEDS,
@@ -418,6 +422,12 @@ def report_command(
         help="List only the paper's claims about the tables, each with its verdict, and the "
         "count per verdict.",
     ),
+    data_root: Path | None = typer.Option(
+        None,
+        "--data-root",
+        help="Dataset root whose train annotations order the categories of the figures in the "
+        "html page [default: the preset's].",
+    ),
 ) -> None:
     """Show tables as the paper lays them out, then what the paper claims of them.
 
@@ -430,14 +440,25 @@ def report_command(
 
     from seesaw_repro import report, runs, slurm
 
-    if fmt not in report.FORMATS:
-        raise UserError(f"unknown --format {fmt!r}: use one of {', '.join(report.FORMATS)}")
+    if fmt not in (*report.FORMATS, "html"):
+        formats = ", ".join((*report.FORMATS, "html"))
+        raise UserError(f"unknown --format {fmt!r}: use one of {formats}")
     tables = _tables(table)
     seed_list = _seeds(seeds, work_dir)
     planned = runs.plan_tables(tables, preset, seed_list)
     # Runs whose Slurm job ended without a word (killed, out of time) are marked first.
     slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in planned])
     frames = [(t, report.compare(t, preset, work_dir, seed_list)) for t in tables]
+    if fmt == "html":
+        if claims_only:
+            raise UserError("--claims has no html form: the html page lists each table's claims")
+        from seesaw_repro import html_report
+
+        page_dir = out.parent if out else Path.cwd()
+        train_ann = _train_annotations(preset, data_root, work_dir)
+        page = html_report.render(frames, preset, seed_list, work_dir, train_ann, page_dir, view)
+        _write_or_print(page, out)
+        return
     if claims_only:
         found = [report.claims(t, frame) for t, frame in frames if t.claims]
         if not found:
@@ -666,17 +687,6 @@ def config(
         typer.echo(cfg.pretty_text)
 
 
-def _figure_runs(figure: str, preset: str, work_dir: Path) -> dict:
-    """A figure's row keys -> run folders (done or not)."""
-    from seesaw_repro import configs, recipes, runs
-
-    rows = recipes.load_table(figure).rows
-    return {
-        row.key: runs.RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
-        for row in rows
-    }
-
-
 def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> Path:
     from seesaw_repro import presets
 
@@ -687,29 +697,25 @@ def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> P
 PLOT_DATA_ROOT = typer.Option(
     None, "--data-root", help="Dataset root (its train annotations give the categories)."
 )
-
-
-def _ce_and_seesaw(figure: str, preset: str, work_dir: Path) -> dict[str, Path]:
-    """The CE and Seesaw run folders of Figure 1 or 3, which must both be done."""
-    labels = {"ce": "CE", "seesaw": "Seesaw"}
-    run_dirs = _figure_runs(figure, preset, work_dir)
-    for key, run_dir in run_dirs.items():
-        if not run_dir.is_done():
-            raise UserError(
-                f"the {labels.get(key, key)} run of Figure {figure[-1]} ({run_dir.run_id}, preset "
-                f"{preset}) is {run_dir.status()['state']}, not done: run `seesaw repro "
-                f"{figure} --preset {preset}` first"
-            )
-    return {labels.get(key, key): run_dir.path for key, run_dir in run_dirs.items()}
-
-
-def _figure_out(out: Path | None, work_dir: Path, name: str) -> Path:
-    return out or work_dir / "figures" / name
-
-
 FIGURE_OUT = typer.Option(
     None, "--out", help="File name without suffix [default: WORK_DIR/figures/figureN]."
 )
+
+
+def _draw(figure: str, preset: str, work_dir: Path, data_root: Path | None, out: Path | None):
+    """Draw a figure (plots.draw) and say what was written and what was left out."""
+    from seesaw_repro import plots
+
+    written, missing = plots.draw(
+        figure,
+        preset,
+        work_dir,
+        _train_annotations(preset, data_root, work_dir),
+        out or work_dir / "figures" / figure,
+    )
+    if missing:
+        console.print(f"[yellow]not done, left out:[/] {escape(', '.join(missing))}")
+    say(f"wrote {', '.join(map(str, written))}")
 
 
 @plot_app.command("gradients")
@@ -725,14 +731,7 @@ def plot_gradients(
     The box classifier's cumulative gradients, categories by training instances (most
     first), from the two runs of `seesaw repro figure3`.
     """
-    from seesaw_repro import plots
-
-    written = plots.plot_gradient_ratios(
-        _ce_and_seesaw("figure3", preset, work_dir),
-        _train_annotations(preset, data_root, work_dir),
-        _figure_out(out, work_dir, "figure3"),
-    )
-    say(f"wrote {', '.join(map(str, written))}")
+    _draw("figure3", preset, work_dir, data_root, out)
 
 
 @plot_app.command("tail-accuracy")
@@ -747,14 +746,7 @@ def plot_tail_accuracy(
 
     From the two runs of `seesaw repro figure1`.
     """
-    from seesaw_repro import plots
-
-    written = plots.plot_tail_accuracy(
-        _ce_and_seesaw("figure1", preset, work_dir),
-        _train_annotations(preset, data_root, work_dir),
-        _figure_out(out, work_dir, "figure1"),
-    )
-    say(f"wrote {', '.join(map(str, written))}")
+    _draw("figure1", preset, work_dir, data_root, out)
 
 
 @plot_app.command("per-category")
@@ -770,33 +762,7 @@ def plot_per_category(
     One panel per framework and sampler, from the runs of `seesaw repro figure4` that are
     done.
     """
-    from seesaw_repro import plots
-
-    frameworks = {"mask": "Mask R-CNN", "cascade": "Cascade Mask R-CNN"}
-    samplers = {"random": "random sampler", "rfs": "RFS"}
-    methods = {"ce": "CE", "eql": "EQL", "bags": "BAGS", "seesaw": "Seesaw"}
-    panels: dict[str, dict[str, Path]] = {}
-    missing = []
-    for key, run_dir in _figure_runs("figure4", preset, work_dir).items():
-        framework, sampler, method = key.split("_")
-        if not run_dir.is_done():
-            missing.append(key)
-            continue
-        title = f"{frameworks[framework]}, {samplers[sampler]}"
-        panels.setdefault(title, {})[methods[method]] = run_dir.path
-    if not panels:
-        raise UserError(
-            f"no run of Figure 4 (preset {preset}) is done: run `seesaw repro figure4 "
-            f"--preset {preset}` (its runs are Table 1's) first"
-        )
-    written = plots.plot_per_category(
-        panels,
-        _train_annotations(preset, data_root, work_dir),
-        _figure_out(out, work_dir, "figure4"),
-    )
-    if missing:
-        console.print(f"[yellow]not done, left out:[/] {escape(', '.join(missing))}")
-    say(f"wrote {', '.join(map(str, written))}")
+    _draw("figure4", preset, work_dir, data_root, out)
 
 
 @app.command("eval")

@@ -221,3 +221,57 @@ def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> lis
     left.legend(fontsize=6, frameon=False)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def figure_runs(figure: str, preset: str, work_dir: Path) -> dict[str, RunDir]:
+    """A figure's row keys -> run folders (done or not)."""
+    from . import configs, recipes
+
+    return {
+        row.key: RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
+        for row in recipes.load_table(figure).rows
+    }
+
+
+FIGURE4_PANELS = {"mask": "Mask R-CNN", "cascade": "Cascade Mask R-CNN"}
+FIGURE4_SAMPLERS = {"random": "random sampler", "rfs": "RFS"}
+METHOD_LABELS = {"ce": "CE", "eql": "EQL", "bags": "BAGS", "seesaw": "Seesaw"}
+
+
+def draw(
+    figure: str, preset: str, work_dir: Path, train_ann: Path, out: Path
+) -> tuple[list[Path], list[str]]:
+    """Draw Figure 1, 3 or 4 from its runs into `out`.png and `out`.pdf: the files written
+    and the rows left out. Figures 1 and 3 need both their runs done (else UserError naming
+    the run); Figure 4 draws a panel per framework and sampler from the runs that are done
+    and leaves the others out."""
+    from .recipes import table_name
+
+    figure = table_name(figure)
+    run_dirs = figure_runs(figure, preset, work_dir)
+    if figure == "figure04":
+        panels: dict[str, dict[str, Path]] = {}
+        missing = []
+        for key, run_dir in run_dirs.items():
+            framework, sampler, method = key.split("_")
+            if not run_dir.is_done():
+                missing.append(key)
+                continue
+            title = f"{FIGURE4_PANELS[framework]}, {FIGURE4_SAMPLERS[sampler]}"
+            panels.setdefault(title, {})[METHOD_LABELS[method]] = run_dir.path
+        if not panels:
+            raise UserError(
+                f"no run of Figure 4 (preset {preset}) is done: run `seesaw repro figure4 "
+                f"--preset {preset}` (its runs are Table 1's) first"
+            )
+        return plot_per_category(panels, train_ann, out), missing
+    for key, run_dir in run_dirs.items():
+        if not run_dir.is_done():
+            raise UserError(
+                f"the {METHOD_LABELS.get(key, key)} run of Figure {figure[-1]} ({run_dir.run_id}, "
+                f"preset {preset}) is {run_dir.status()['state']}, not done: run `seesaw repro "
+                f"{figure} --preset {preset}` first"
+            )
+    runs = {METHOD_LABELS.get(key, key): run_dir.path for key, run_dir in run_dirs.items()}
+    plot = {"figure01": plot_tail_accuracy, "figure03": plot_gradient_ratios}[figure]
+    return plot(runs, train_ann, out), []

@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from seesaw_repro import plots, provenance, results
+from seesaw_repro import plots, provenance, recipes, results, verdicts
 from seesaw_repro.executors import run_local
 from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.runs import RunDir, plan, plan_tables
 
 # Two finished runs of Table 2 (tiny preset), as the job leaves them.
 DONE = {
@@ -130,8 +130,8 @@ def test_rich_report_of_all_tables_and_an_unknown_format(work):
     assert result.returncode == 0, result.stderr
     for number in range(1, 10):
         assert f"Table {number}:" in result.stdout
-    result = _seesaw("report", "table2", "--format", "html", cwd=work)
-    assert result.returncode == 2 and "unknown --format 'html'" in result.stderr
+    result = _seesaw("report", "table2", "--format", "docx", cwd=work)
+    assert result.returncode == 2 and "unknown --format 'docx'" in result.stderr
 
 
 def test_collect_gives_one_tidy_row_per_run_row_and_metric(work):
@@ -255,3 +255,112 @@ def test_plot_gradients_says_which_run_is_missing(tmp_path):
     result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the CE run of Figure 3 (" in result.stderr and "seesaw repro figure3" in result.stderr
+
+
+def _figure3_done(work: Path) -> None:
+    """Figure 3's two runs done by hand, with gradient statistics over four categories, and
+    the train annotations that order them."""
+    categories = [
+        {"id": k + 1, "frequency": group, "instance_count": count}
+        for k, (group, count) in enumerate([("f", 90), ("r", 2), ("c", 20), ("f", 60)])
+    ]
+    ann = work / "data" / "annotations" / "lvis_v1_train.json"
+    ann.parent.mkdir(parents=True)
+    ann.write_text(json.dumps({"categories": categories}))
+    for run in plan(load_table("figure3"), "tiny"):
+        run_dir = RunDir(work / "w", run.run_id)
+        run_dir.prepare(run, work / "data")
+        stats = {"positive": [9.0, 1.0, 3.0, 8.0], "negative": [10.0, 4.0, 5.0, 9.0]}
+        stats = {"iter": 12, "heads": {plots.BOX_CLASSIFIER: stats}}
+        (run_dir.path / "gradient_stats.json").write_text(json.dumps(stats))
+        (run_dir.path / "metrics.json").write_text(
+            json.dumps({"split": "val", "metrics": DONE[0], "batch": 8})
+        )
+
+
+def _html_report(work: Path, table: str = "all") -> str:
+    out = work / "pages" / "report.html"
+    out.parent.mkdir(exist_ok=True)
+    args = ("report", table, "--format", "html", "--out", str(out), "--work-dir", "w")
+    result = _seesaw(*args, "--data-root", "data", cwd=work)
+    assert result.returncode == 0, result.stderr
+    return out.read_text()
+
+
+def test_html_report_has_the_summary_tables_verdicts_figures_and_runs(work):
+    import base64
+
+    _figure3_done(work)
+    # a value from a run folder that would be markup if it were not escaped
+    run_dir = RunDir(work / "w", plan(load_table("table2"), "tiny")[0].run_id).path
+    (run_dir / "environment.json").write_text(json.dumps([{**HERE, "device": "<b>GPU</b>"}]))
+    page = _html_report(work)
+    assert "<b>GPU</b>" not in page and "&lt;b&gt;GPU&lt;/b&gt;" in page
+    assert page.count("<h2 id=") == 1 + 16 + 1  # summary, Tables 1-13 and Figures 1, 3, 4, runs
+
+    # the summary: Table 2's claims by verdict (one seed for the one claim both of whose rows
+    # are done) and its runs done
+    summary = page.split('<h2 id="summary">')[1].split("</table>")[0]
+    table2 = next(row for row in summary.split("<tr>") if 'href="#table02"' in row)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table2)
+    counts = dict(zip(verdicts.VERDICTS, cells[2:], strict=True))
+    assert cells[1] == "2/6" and counts["one seed"] == "1", cells
+    assert counts["not run"] == str(len(load_table("table2").claims) - 1)
+
+    # Table 2's effects, each cell classed by its verdict, and its claims
+    section = page.split('<h2 id="table02">')[1].split("<h2 ")[0]
+    assert '<td class="num v-one-seed">+18.7 n=1 (+2.7)</td>' in section
+    assert "all three components achieve 26.4% AP" in section
+    assert "failed" in section and "Preset &#39;tiny&#39;" in section
+
+    # Figure 3 drawn from its runs and embedded; Figure 1 (the same runs, without their
+    # accuracy on ground-truth boxes here) says why it is not
+    figure3 = page.split('<h2 id="figure03">')[1].split("<h2 ")[0]
+    (png,) = re.findall(r'src="data:image/png;base64,([^"]+)"', figure3)
+    assert base64.b64decode(png).startswith(b"\x89PNG")
+    figure1 = page.split('<h2 id="figure01">')[1].split("<h2 ")[0]
+    assert "Not drawn: " in figure1 and "has no classification_accuracy.json" in figure1
+    assert "data:image" not in figure1
+
+    # the appendix: every run, config links relative to the page that resolve
+    appendix = page.split('<h2 id="runs">')[1]
+    links = re.findall(r'<a href="([^"]+)">config.py</a>', appendix)
+    assert len(links) == 3 + 2  # the run folders: Table 2's three, Figure 3's two
+    assert all((work / "pages" / link).is_file() for link in links)
+    every = [load_table(n) for n in recipes.known_tables() + recipes.known_figures()]
+    assert appendix.count("<tr>") == 1 + len(plan_tables(every, "tiny"))
+
+
+def test_html_report_shows_in_headless_chromium_without_a_console_error(work):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+
+    def console_messages(page: Path) -> list[str]:
+        shot = page.with_suffix(".png")
+        shown = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--enable-logging=stderr",
+                "--window-size=1280,1800",
+                f"--screenshot={shot}",
+                page.as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert shot.read_bytes().startswith(b"\x89PNG")
+        return [line for line in shown.stderr.splitlines() if ":CONSOLE" in line]
+
+    # the check sees a console error where there is one
+    broken = work / "broken.html"
+    broken.write_text('<html><body><script>console.error("broken")</script></body></html>')
+    assert any('"broken"' in line for line in console_messages(broken))
+    _figure3_done(work)
+    _html_report(work, "table2")
+    assert console_messages(work / "pages" / "report.html") == []
