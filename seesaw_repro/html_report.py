@@ -25,9 +25,9 @@ def _slug(text: str) -> str:
 
 
 def _grid_view(table: Table, frame: pd.DataFrame, view: str) -> dict:
-    """One view of a table (report._grid's cells), each cell with a CSS class: an effect
+    """One view of a table (report.grid's cells), each cell with a CSS class: an effect
     cell carries its verdict's."""
-    header, rows = report._grid(table, frame, markup=False, view=view)
+    header, rows = report.grid(table, frame, markup=False, view=view)
     metrics = list(report.metrics_of(table))
     first_metric = len(header) - len(metrics) - 1
     cells = []
@@ -43,7 +43,7 @@ def _grid_view(table: Table, frame: pd.DataFrame, view: str) -> dict:
 
 
 def _claims_view(claims: pd.DataFrame) -> dict:
-    header, rows = report._claim_grid(claims, with_table=False)
+    header, rows = report.claim_grid(claims, with_table=False)
     cells = [
         [{"text": t, "cls": ""} for t in row[:-1]]
         + [{"text": row[-1], "cls": f"v-{_slug(verdict)}"}]

@@ -248,6 +248,7 @@ def draw(
     from .recipes import table_name
 
     figure = table_name(figure)
+    number = int(figure.removeprefix("figure"))
     run_dirs = figure_runs(figure, preset, work_dir)
     if figure == "figure04":
         panels: dict[str, dict[str, Path]] = {}
@@ -268,9 +269,9 @@ def draw(
     for key, run_dir in run_dirs.items():
         if not run_dir.is_done():
             raise UserError(
-                f"the {METHOD_LABELS.get(key, key)} run of Figure {figure[-1]} ({run_dir.run_id}, "
+                f"the {METHOD_LABELS.get(key, key)} run of Figure {number} ({run_dir.run_id}, "
                 f"preset {preset}) is {run_dir.status()['state']}, not done: run `seesaw repro "
-                f"{figure} --preset {preset}` first"
+                f"figure{number} --preset {preset}` first"
             )
     runs = {METHOD_LABELS.get(key, key): run_dir.path for key, run_dir in run_dirs.items()}
     plot = {"figure01": plot_tail_accuracy, "figure03": plot_gradient_ratios}[figure]

@@ -299,7 +299,7 @@ def _effect_cell(rec: dict, metric: str, markup: bool) -> str:
     return f"{text} {symbol}".strip()
 
 
-def _grid(
+def grid(
     table: Table, frame: pd.DataFrame, markup: bool, view: str = "absolute"
 ) -> tuple[list[str], list[list[str]]]:
     """The table's header and cells, as the paper lays it out: absolute numbers, or each
@@ -321,7 +321,7 @@ def _grid(
     return header, rows
 
 
-def _claim_grid(claims_frame: pd.DataFrame, with_table: bool) -> tuple[list[str], list[list[str]]]:
+def claim_grid(claims_frame: pd.DataFrame, with_table: bool) -> tuple[list[str], list[list[str]]]:
     """Claims as rows: what the paper says, the comparison, its effect and ours, verdict."""
     header = (["table"] if with_table else []) + ["claim", "rows", "paper", "ours", "verdict"]
     rows = []
@@ -410,7 +410,7 @@ def render(
     for shown in views(table, preset, view):
         effects = shown == "effects"
         title = table.title + (": effects against each row's baseline" if effects else "")
-        header, rows = _grid(table, frame, markup=True, view=shown)
+        header, rows = grid(table, frame, markup=True, view=shown)
         out = _rich_table(title, table.caption, header, rows)
         for column in out.columns:
             if str(column.header) in metrics_of(table).values():
@@ -425,7 +425,7 @@ def render(
 
 def render_claims(claims_frame: pd.DataFrame, console: Console, title: str) -> None:
     """Print claims and their verdicts as a rich table, with the counts per verdict."""
-    header, rows = _claim_grid(claims_frame, with_table=claims_frame.table.nunique() > 1)
+    header, rows = claim_grid(claims_frame, with_table=claims_frame.table.nunique() > 1)
     rows = [[escape(cell) for cell in cells] for cells in rows]
     console.print(_rich_table(title, verdict_counts(claims_frame), header, rows))
 
@@ -465,9 +465,9 @@ def format_text(
     render_one = _text_renderer(fmt)
     parts = []
     for table, frame in frames:
-        grids = [_grid(table, frame, False, shown) for shown in views(table, preset, view)]
+        grids = [grid(table, frame, False, shown) for shown in views(table, preset, view)]
         if table.claims:
-            grids.append(_claim_grid(claims(table, frame), with_table=False))
+            grids.append(claim_grid(claims(table, frame), with_table=False))
         notes = footnotes(table, frame, preset, view)
         parts += [
             render_one(table.title, table.caption, *grid, notes if i == len(grids) - 1 else [])
@@ -480,7 +480,7 @@ def format_claims(claims_frame: pd.DataFrame, fmt: str) -> str:
     """Every claim and its verdict as Markdown, a LaTeX table* float or CSV."""
     if fmt == "csv":
         return claims_frame.to_csv(index=False)
-    grid = _claim_grid(claims_frame, with_table=True)
+    grid = claim_grid(claims_frame, with_table=True)
     return _text_renderer(fmt)("The paper's claims", verdict_counts(claims_frame), *grid, [])
 
 
