@@ -465,21 +465,22 @@ class StopOnSignalHook(Hook):
 
     priority = "LOWEST"  # after CheckpointHook, which may have saved this iteration already
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self) -> None:
-        self._received: int | None = None
+    # The signal this process received, if any, for the job to ask after a failure: Slurm
+    # signals every process of a job, and a data-loader worker it kills fails the training
+    # step before this hook can stop it (job.main records that as a stop too).
+    received: int | None = None
 
     def before_train(self, runner: Runner) -> None:
         for signum in self.SIGNALS:
             signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self._received = signum
+        StopOnSignalHook.received = signum
 
     def after_train_iter(
         self, runner: Runner, batch_idx: int, data_batch: object = None, outputs: object = None
     ) -> None:
-        stop = torch.tensor(float(self._received is not None))
+        stop = torch.tensor(float(self.received is not None))
         if is_distributed():  # every rank stops at the same iteration
             all_reduce(stop, op="max")
         if not stop.item():
@@ -492,7 +493,7 @@ class StopOnSignalHook(Hook):
             if is_main_process():
                 write_text_atomic(last, str(Path(runner.work_dir) / name))
         runner.logger.warning(
-            f"stopped by signal {self._received} after iteration {runner.iter + 1}; "
+            f"stopped by signal {self.received} after iteration {runner.iter + 1}; "
             f"the next attempt resumes from {last.read_text() if last.exists() else 'the start'}"
         )
         raise Stopped

@@ -28,7 +28,7 @@ from mmengine.runner import Runner
 from seesaw_repro import provenance
 from seesaw_repro.errors import UserError
 from seesaw_repro.files import try_lock
-from seesaw_repro.hooks import FailOnDivergenceHook, Stopped
+from seesaw_repro.hooks import FailOnDivergenceHook, StopOnSignalHook, Stopped
 from seesaw_repro.run_folder import LOCK_FILE, LOCKED, METRICS_FILE
 from seesaw_repro.runs import TENSORBOARD, RunDir
 
@@ -88,6 +88,10 @@ def main(run_dir: Path, launcher: str = "none", gpus: int = 0) -> int:
             record("failed", reason=reason)
         return USER_ERROR
     except BaseException as err:
+        if StopOnSignalHook.received is not None:  # the signal also failed the step
+            print(f"stopped by signal {StopOnSignalHook.received}: {err}", file=sys.stderr)
+            record("cancelled", reason="stopped by a signal; resumes from its last checkpoint")
+            return STOPPED
         record("failed", reason=f"{type(err).__name__}: {err}"[:500])
         raise
     if not finished:

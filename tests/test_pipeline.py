@@ -1,5 +1,6 @@
 """Real training and LVIS evaluation of Table 2 rows on the generated data, on CPU."""
 
+import copy
 import json
 import os
 import random
@@ -20,6 +21,7 @@ from seesaw_repro import presets
 from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import run_local, triage
+from seesaw_repro.job import STOPPED
 from seesaw_repro.recipes import load_table
 from seesaw_repro.report import METRICS, compare
 from seesaw_repro.runs import CPU_PROCS, TENSORBOARD, PlannedRun, RunDir, plan
@@ -244,6 +246,43 @@ def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
             os.kill(pid, 0)
     states = [json.loads(p.read_text())["state"] for p in runs.glob("*/status.json")]
     assert sorted(states) == ["cancelled"] * 6
+
+
+def test_sigterm_to_every_process_of_a_job_with_loader_workers_stops_it_resumably(
+    tmp_path, quick_data, quick_preset
+):
+    # As Slurm stops a job (requeue, preemption, time limit): SIGTERM to each of its
+    # processes, the data-loader workers too (the paper preset's loaders have 2 each).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(presets.PRESETS, quick_preset.name, quick_preset)
+        ce = _runs(quick_preset)[0]
+    config = copy.deepcopy(ce.config)
+    config["train_dataloader"].update(num_workers=2, persistent_workers=True)
+    run = PlannedRun(run_id(config), ce.preset, ce.spec, config, ce.rows)
+    run_dir = RunDir(tmp_path, run.run_id)
+    run_dir.prepare(run, quick_data)
+    with open(run_dir.log_file, "a") as log:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "seesaw_repro.job", str(run_dir.path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the job and its workers
+            env={**os.environ, "SEESAW_THREADS": "1"},
+        )
+    deadline = time.monotonic() + 180
+    while (run_dir.progress() or {}).get("iter", 0) < 3:
+        assert job.poll() is None and time.monotonic() < deadline, run_dir.log_file.read_text()
+        time.sleep(0.2)
+    assert len(_children(job.pid)) >= 2  # the workers
+    os.killpg(job.pid, signal.SIGTERM)
+    assert job.wait(timeout=120) == STOPPED, run_dir.log_file.read_text()[-3000:]
+    assert run_dir.status()["state"] == "cancelled"
+    assert run_local([run], tmp_path, quick_data) == {run.run_id: "done"}
+
+
+def _children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in found]
 
 
 def test_an_exported_config_trains_with_mmdets_own_tools_train_and_writes_only_there(
