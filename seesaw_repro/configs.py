@@ -27,7 +27,7 @@ from .methods import (
     finetune_classifier,
     test_dev,
 )
-from .presets import PRESETS
+from .presets import PRESETS, SMOKE, smoke_config
 from .run_folder import checkpoint_name
 
 RUN_ID_LENGTH = 12
@@ -74,6 +74,13 @@ def dependencies(spec: Spec) -> dict[str, Spec]:
 
 def resolve(spec: Spec, preset: str) -> dict:
     """The config of `spec` in `preset`, with DATA_ROOT and RUNS_DIR as placeholders."""
+    config = _resolve(spec, preset)
+    if preset.endswith(SMOKE):
+        smoke_config(config)
+    return config
+
+
+def _resolve(spec: Spec, preset: str) -> dict:
     scale = preset_for(task_of(spec), preset)
     needed = {role: resolve(dep, preset) for role, dep in dependencies(spec).items()}
     needs = {role: final_checkpoint(config) for role, config in needed.items()}

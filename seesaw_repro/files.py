@@ -38,9 +38,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Write `image` (BGR or grey) as a PNG; OpenCV only returns False when it cannot (a
-    full disk: libpng prints an error per image), so that is an OSError here, at the first."""
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write `image` (BGR or grey) as PNG or JPEG, by the suffix of `path`; OpenCV only
+    returns False when it cannot (a full disk: it prints an error per image), so that is an
+    OSError here, at the first."""
     import cv2  # here, not at the top: every command reads state through this module
 
     if not cv2.imwrite(str(path), image):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .files import build_once, read_json, write_png, write_text_atomic
+from .files import build_once, read_json, write_image, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_LINES = {"train": 115_846, "val": 20_000, "test": 50_000}  # ImageNet-LT's files
@@ -126,7 +126,7 @@ def generate_digits(root: Path, spec: DigitsLTSpec) -> None:
         for index, digit in chosen[split]:
             relative = f"{split}/{digit}/{index}.png"
             (root / relative).parent.mkdir(parents=True, exist_ok=True)
-            write_png(root / relative, images[index])
+            write_image(root / relative, images[index])
             lines.append(f"{relative} {digit}")
         if split == "test":
             write_text_atomic(root / "digits_lt.json", json.dumps(asdict(spec)))

@@ -573,7 +573,51 @@ def _check_json_object(path: Path) -> None:
 
 
 PAPER = PaperPreset()
-PRESETS = {preset.name: preset for preset in (TINY, PAPER)}
+
+SMOKE = "-smoke"  # a smoke preset's name: its preset's, and this
+SMOKE_TRAIN_IMAGES = 4  # one epoch of them: 2 iterations at the paper's 2 images per GPU
+SMOKE_EVAL_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class SmokePreset:
+    """A preset's runs cut short (`repro --smoke`): one epoch on the first SMOKE_TRAIN_IMAGES
+    training images, then evaluation on the first SMOKE_EVAL_IMAGES; the model, pipeline,
+    sampler and evaluator are the preset's (configs.resolve applies `smoke_config` last, to
+    every run). The metrics are meaningless (the evaluation still counts every val image);
+    what a smoke run shows is that each run gets through."""
+
+    base: PaperPreset
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}{SMOKE}"
+
+    def cost(self, spec: RunSpec) -> float:
+        """The preset's cost, scaled to the images trained (a rough bound, evaluation aside)."""
+        epochs = SCHEDULES[training_spec(spec).schedule][0]
+        return self.base.cost(spec) * SMOKE_TRAIN_IMAGES / (epochs * LVIS_V1_TRAIN_IMAGES)
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.base, attribute)  # the data, config and scale of the base preset
+
+
+def smoke_config(config: dict) -> None:
+    """Cut a resolved config to a smoke run, in place (see SmokePreset)."""
+    train = config["train_dataloader"]["dataset"]
+    train.get("dataset", train)["indices"] = SMOKE_TRAIN_IMAGES  # RFS wraps the LVIS dataset
+    for split in ("val", "test"):
+        if f"{split}_dataloader" in config:
+            config[f"{split}_dataloader"]["dataset"]["indices"] = SMOKE_EVAL_IMAGES
+    loop = config["train_cfg"]
+    if loop["type"] == "EpochBasedTrainLoop":
+        loop.update(max_epochs=1, val_interval=1)
+    else:
+        loop.update(max_iters=2, val_interval=2)
+    config["seesaw"]["smoke"] = True
+
+
+PRESETS = {preset.name: preset for preset in (TINY, PAPER, SmokePreset(PAPER))}
 
 # Where the paper preset's Seesaw rows differ from mmdet's configs/seesaw_loss/*.py, and why
 # (tests/test_paper_preset.py checks every other field is equal).

@@ -15,6 +15,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from . import configs, provenance, verdicts
+from .presets import SMOKE, SMOKE_EVAL_IMAGES, SMOKE_TRAIN_IMAGES
 from .recipes import RecipeError, Table
 from .runs import RunDir, server_results
 
@@ -382,7 +383,13 @@ def footnotes(table: Table, frame: pd.DataFrame, preset: str, view: str = "auto"
             + "; ".join(f"{env} (rows {', '.join(rows)})" for env, rows in sorted(rows_of.items()))
             + "."
         )
-    if preset != "paper":
+    if preset.endswith(SMOKE):
+        notes.append(
+            f"Preset {preset!r}: smoke runs, the paper preset's runs cut to one epoch on "
+            f"{SMOKE_TRAIN_IMAGES} training images and evaluated on {SMOKE_EVAL_IMAGES} val "
+            "images; their numbers mean nothing, only that each run got through."
+        )
+    elif preset != "paper":
         notes.append(
             f"Preset {preset!r}: generated data and a small model trained from scratch on CPU; "
             "it checks the pipeline and the direction of effects, not the paper's values."

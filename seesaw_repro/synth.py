@@ -19,7 +19,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .errors import UserError
-from .files import build_once, write_png, write_text_atomic
+from .files import build_once, write_image, write_text_atomic
 
 COLOURS = {
     "red": (230, 50, 40),
@@ -97,10 +97,12 @@ def _assign(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> li
     return per_image
 
 
-def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+def _background(size: int, rng: np.random.Generator, height: int | None = None) -> np.ndarray:
+    """A dark, smoothly varying, noisy canvas `size` wide and `height` (default `size`) high."""
+    height = height or size
     low = rng.integers(0, 60, size=(8, 8, 3)).astype(np.uint8)
-    smooth = cv2.resize(low, (size, size), interpolation=cv2.INTER_CUBIC)
-    noise = rng.integers(0, 25, size=(size, size, 3)).astype(np.uint8)
+    smooth = cv2.resize(low, (size, height), interpolation=cv2.INTER_CUBIC)
+    noise = rng.integers(0, 25, size=(height, size, 3)).astype(np.uint8)
     return cv2.add(smooth, noise)
 
 
@@ -197,7 +199,7 @@ def _render_split(
             )
             ann_id += 1
         file_name = f"{image_id:012d}.png"
-        write_png(image_dir / file_name, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        write_image(image_dir / file_name, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         images.append(
             {
                 "id": image_id,
@@ -354,3 +356,139 @@ def ensure(root: Path, spec: SynthSpec) -> Path:
     )
     check(root, spec)
     return root
+
+
+# LVIS v1's categories per frequency group (337 rare, 461 common, 405 frequent of 1203).
+LVIS_V1_GROUPS = {"r": 337, "c": 461, "f": 405}
+# (width, height) of COCO images, which LVIS annotates: the paper preset's pipeline resizes
+# them to 640-800 x 1333 for training and 800 x 1333 for testing.
+COCO_SIZES = ((640, 480), (480, 640), (640, 427), (427, 640), (640, 424), (500, 375))
+GROUP_WEIGHTS = {"r": 1.0, "c": 8.0, "f": 60.0}  # how often an instance is of each group
+
+
+@dataclass(frozen=True)
+class LvisShapedSpec:
+    """A dataset shaped like LVIS v1 for smoke runs of the paper preset (`repro --smoke`):
+    its 1203 categories and their frequency groups, federated labels, COCO-sized images."""
+
+    seed: int = 0
+    num_train_images: int = 24
+    num_val_images: int = 12
+    instances_per_image: tuple[int, int] = (2, 7)
+    digit_size: tuple[int, int] = (48, 160)
+    negatives_per_image: int = 20  # verified absent categories listed per image
+    not_exhaustive_prob: float = 0.2  # an image lists one of its categories as not exhaustive
+
+
+def _lvis_shaped_split(
+    split: str, spec: LvisShapedSpec, groups: np.ndarray, root: Path, rng: np.random.Generator
+) -> tuple[list[dict], list[dict]]:
+    """Images and annotations of one split: digits pasted on COCO-sized canvases, each
+    instance of a category drawn with the weight of its frequency group."""
+    digits = _load_digits(rng)[split][0]
+    weights = np.array([GROUP_WEIGHTS[g] for g in groups])
+    weights /= weights.sum()
+    image_dir = root / f"{split}2017"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    count = spec.num_train_images if split == "train" else spec.num_val_images
+    images, annotations = [], []
+    for index in range(count):
+        image_id = index + 1 + (0 if split == "train" else 1_000_000)
+        width, height = COCO_SIZES[int(rng.integers(len(COCO_SIZES)))]
+        canvas = _background(width, rng, height)
+        present: set[int] = set()
+        for _ in range(int(rng.integers(*spec.instances_per_image, endpoint=True))):
+            size = int(rng.integers(*spec.digit_size, endpoint=True))
+            x = int(rng.integers(0, width - size + 1))
+            y = int(rng.integers(0, height - size + 1))
+            glyph = cv2.resize(digits[rng.integers(len(digits))], (size, size))
+            polys = _polygons(_glyph_mask(glyph), x, y)
+            if not polys:
+                continue
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+            alpha = (glyph.astype(np.float32) / 255.0)[..., None]
+            paint = np.array(list(COLOURS.values())[int(rng.integers(len(COLOURS)))], np.float32)
+            region = canvas[y : y + size, x : x + size].astype(np.float32)
+            canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(
+                np.uint8
+            )
+            category_id = int(rng.choice(len(groups), p=weights)) + 1
+            present.add(category_id)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1 + (0 if split == "train" else 10_000_000),
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "area": float(mask_utils.area(rle)),
+                    "segmentation": polys,
+                }
+            )
+        file_name = f"{image_id:012d}.jpg"
+        write_image(image_dir / file_name, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+        absent = np.setdiff1d(np.arange(1, len(groups) + 1), sorted(present))
+        negatives = rng.choice(absent, spec.negatives_per_image, replace=False)
+        not_exhaustive = (
+            [int(rng.choice(sorted(present)))]
+            if present and rng.random() < spec.not_exhaustive_prob
+            else []
+        )
+        images.append(
+            {
+                "id": image_id,
+                "width": width,
+                "height": height,
+                "coco_url": f"{LVIS_URL_PREFIX}{split}2017/{file_name}",
+                "license": 0,
+                "flickr_url": "",
+                "date_captured": "",
+                "neg_category_ids": sorted(int(c) for c in negatives),
+                "not_exhaustive_category_ids": not_exhaustive,
+            }
+        )
+    return images, annotations
+
+
+def generate_lvis_shaped(root: Path, spec: LvisShapedSpec = LvisShapedSpec()) -> dict[str, Path]:
+    """Write a dataset shaped like LVIS v1 under `root` (train2017/, val2017/,
+    annotations/lvis_v1_{train,val}.json) and return its annotation files.
+
+    Its 1203 categories carry LVIS v1's frequency groups (337 rare, 461 common, 405
+    frequent, drawn at random over the ids), the `image_count` and `instance_count` of the
+    generated train split, and LVIS's fields; images list some verified negatives and, now
+    and then, a category that is not exhaustively annotated. Few images: what it exercises is
+    the paper preset's data pipeline, RFS and evaluation, not learning.
+    """
+    rng = np.random.default_rng(spec.seed)
+    groups = rng.permutation([g for g, n in LVIS_V1_GROUPS.items() for _ in range(n)])
+    rendered = {
+        split: _lvis_shaped_split(split, spec, groups, root, rng) for split in ("train", "val")
+    }
+    train_anns = rendered["train"][1]
+    categories = []
+    for index, group in enumerate(groups):
+        own = [a for a in train_anns if a["category_id"] == index + 1]
+        name = f"synthetic_{index + 1:04d}"
+        categories.append(
+            {
+                "id": index + 1,
+                "name": name,
+                "synset": f"{name}.n.01",
+                "synonyms": [name],
+                "def": f"generated category {index + 1}",
+                "frequency": str(group),
+                "image_count": len({a["image_id"] for a in own}),
+                "instance_count": len(own),
+            }
+        )
+    paths = annotation_paths(root)
+    paths["train"].parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "description": "seesaw-repro generated, shaped like LVIS v1",
+        "lvis_shaped": asdict(spec),
+    }
+    for split in ("train", "val"):
+        images, anns = rendered[split]
+        data = {"info": info, "licenses": [], "images": images, "annotations": anns}
+        write_text_atomic(paths[split], json.dumps({**data, "categories": categories}))
+    return {split: paths[split] for split in ("train", "val")}

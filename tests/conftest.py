@@ -119,6 +119,14 @@ def _fake_pretrained_home(tmp_path_factory):
     return home
 
 
+@pytest.fixture(scope="session")
+def lvis_shaped(tmp_path_factory):
+    """The LVIS-shaped data of `seesaw data synth --lvis-shaped`, for smoke runs."""
+    root = tmp_path_factory.mktemp("lvis-shaped")
+    synth.generate_lvis_shaped(root)
+    return root
+
+
 @pytest.fixture
 def pretrained_cache(_fake_pretrained_home, monkeypatch):
     """TORCH_HOME set to a cache holding the paper preset's three pretrained checkpoints, with

@@ -191,3 +191,37 @@ def test_concurrent_first_runs_generate_the_data_once_and_a_killed_one_is_redone
     assert [p.returncode for p in together] == [0, 0, 0], errors
     assert not partial.exists()
     assert _digest(root) == _digest(alone)
+
+
+@pytest.mark.slow  # generates the data
+def test_lvis_shaped_data_has_lvis_v1s_categories_groups_and_federated_labels(lvis_shaped):
+    import cv2
+
+    train, val = _load(lvis_shaped, "train"), _load(lvis_shaped, "val")
+    assert train["categories"] == val["categories"]
+    categories = train["categories"]
+    assert [c["id"] for c in categories] == list(range(1, 1204))
+    assert Counter(c["frequency"] for c in categories) == {"r": 337, "c": 461, "f": 405}
+    own = defaultdict(list)
+    for ann in train["annotations"]:
+        own[ann["category_id"]].append(ann["image_id"])
+    for category in categories:
+        assert category["instance_count"] == len(own[category["id"]])
+        assert category["image_count"] == len(set(own[category["id"]]))
+    for data in (train, val):
+        present = defaultdict(set)
+        for ann in data["annotations"]:
+            present[ann["image_id"]].add(ann["category_id"])
+        for image in data["images"]:
+            assert (image["width"], image["height"]) in synth.COCO_SIZES
+            path = lvis_shaped / image["coco_url"].removeprefix(synth.LVIS_URL_PREFIX)
+            assert cv2.imread(str(path)).shape[:2] == (image["height"], image["width"])
+            negatives = set(image["neg_category_ids"])
+            assert len(negatives) == 20 and not negatives & present[image["id"]]
+            assert set(image["not_exhaustive_category_ids"]) <= present[image["id"]]
+    # every group has instances to evaluate, and the paper preset takes it as an LVIS v1 root
+    val_groups = {categories[a["category_id"] - 1]["frequency"] for a in val["annotations"]}
+    assert val_groups == {"r", "c", "f"}
+    assert presets.PAPER.prepare_data(lvis_shaped, lvis_shaped) == lvis_shaped
+    lvis = LVIS(str(synth.annotation_paths(lvis_shaped)["val"]))  # lvis-api reads it
+    assert len(lvis.get_img_ids()) == 12 and len(lvis.get_cat_ids()) == 1203
