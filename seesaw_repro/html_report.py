@@ -126,6 +126,7 @@ def render(
                 "name": table.name,
                 "title": table.title,
                 "caption": table.caption,
+                "paper_caption": table.paper_caption,
                 "views": [_grid_view(table, frame, v) for v in report.views(table, preset, view)],
                 "claims": _claims_view(claims) if claims is not None else None,
                 "counts": report.verdict_counts(claims) if claims is not None else "",

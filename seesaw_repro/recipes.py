@@ -67,6 +67,7 @@ class Table:
     extra_metrics: tuple[str, ...] = ()  # beyond the task's, e.g. ("fps",) in Table 13
     note: str = ""  # a reading of the paper the report states under the table
     claims: tuple[Claim, ...] = ()
+    paper_caption: str = ""  # a figure's caption as the paper prints it (the HTML report's)
 
     @property
     def paper_csv(self) -> Path:
@@ -173,6 +174,7 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
         extra_metrics=tuple(_extra_metrics(path, data.get("extra_metrics", []))),
         note=data.get("note", ""),
         claims=tuple(_claims(path, data.get("claims", []), keys, stem)),
+        paper_caption=data.get("paper_caption", ""),
     )
 
 
@@ -180,6 +182,7 @@ def load_table(name: str, recipe_dir: Path | None = None, _referrers: tuple = ()
 TOP_LEVEL = {
     "title": str,
     "caption": str,
+    "paper_caption": str,
     "note": str,
     "task": str,
     "baseline": str,

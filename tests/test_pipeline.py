@@ -218,10 +218,10 @@ def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_freed(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, sig):
+def test_interrupted_repro_stops_its_jobs_and_records_it(tmp_path, tiny_data, sig):
     command = [str(os.path.join(os.path.dirname(sys.executable), "seesaw")), "repro", "table2"]
     repro = subprocess.Popen(
-        [*command, "--work-dir", str(tmp_path), "--jobs", "2"],
+        [*command, "--work-dir", str(tmp_path), "--jobs", "2", "--data-root", str(tiny_data)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -318,6 +318,7 @@ def test_html_report_has_the_summary_tables_verdicts_figures_and_runs(work):
     figure3 = page.split('<h2 id="figure03">')[1].split("<h2 ")[0]
     (png,) = re.findall(r'src="data:image/png;base64,([^"]+)"', figure3)
     assert base64.b64decode(png).startswith(b"\x89PNG")
+    assert "The distribution of the ratio of cumulative gradients" in figure3  # the paper's
     figure1 = page.split('<h2 id="figure01">')[1].split("<h2 ")[0]
     assert "Not drawn: " in figure1 and "has no classification_accuracy.json" in figure1
     assert "data:image" not in figure1
