@@ -3,6 +3,8 @@ hours in a queue. Each check says what it found and, when it fails, the fix."""
 
 from __future__ import annotations
 
+import copy
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -152,12 +154,69 @@ def _table(table: str, preset: str, data_root: Path | None, work_dir: Path) -> l
     else:
         cached = f"{len(names)} in the cache" if names else "none needed"
         found.append(Check("pretrained backbones", OK, cached))
+    found.append(
+        _free_disk([r for r in planned if not runs.RunDir(work_dir, r.run_id).is_done()], work_dir)
+    )
+    return found
+
+
+def _free_disk(to_train: list, work_dir: Path) -> Check:
+    """Free space at the work dir against the checkpoints the runs still to train keep."""
     folder = Path(work_dir)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
-    free = shutil.disk_usage(folder).free / 2**30
-    found.append(Check("free disk", OK, f"{free:,.1f} GiB free at {folder}"))
-    return found
+    free = shutil.disk_usage(folder).free
+    sizes: dict[str, int] = {}  # one model build per architecture
+    need = 0
+    for run in to_train:
+        key = json.dumps(run.config["model"], sort_keys=True, default=list)
+        if key not in sizes:
+            sizes[key] = checkpoint_bytes(run.config["model"])
+        keep = run.config["default_hooks"]["checkpoint"].get("max_keep_ckpts", -1)
+        need += sizes[key] * (keep if keep > 0 else _checkpoints_saved(run.config))
+    found = (
+        f"{free / 2**30:,.1f} GiB free at {folder}; the checkpoints the {len(to_train)} run(s) "
+        f"still to train keep take about {need / 2**30:,.2f} GiB"
+    )
+    if need > free:
+        fix = f"free {(need - free) / 2**30:,.1f} GiB there, or give another --work-dir"
+        return Check("free disk", FAIL, found, fix)
+    return Check("free disk", OK, found)
+
+
+def checkpoint_bytes(model: dict) -> int:
+    """About the size of one training checkpoint of a model config: its parameters twice
+    (the weights and SGD's momentum) and its buffers, as float32. Losses that read the
+    training annotations when built are counted as plain cross-entropy (they hold no
+    parameters)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import ConfigDict
+
+    from . import mmdet_plugin  # noqa: F401  (registers the suite's modules)
+
+    register_all_modules()
+
+    def plain(value: object) -> object:
+        if isinstance(value, dict):
+            if "ann_file" in value and str(value.get("type", "")).endswith("Loss"):
+                return {"type": "CrossEntropyLoss", "loss_weight": 1.0}
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(plain(v) for v in value)
+        return value
+
+    net = MODELS.build(ConfigDict(plain(copy.deepcopy(model))))
+    parameters = sum(p.numel() for p in net.parameters())
+    buffers = sum(b.numel() for b in net.buffers())
+    return 4 * (2 * parameters + buffers)
+
+
+def _checkpoints_saved(config: dict) -> int:
+    """How many checkpoints a run keeps when it keeps them all: one per interval."""
+    loop, interval = config["train_cfg"], config["default_hooks"]["checkpoint"]["interval"]
+    total = loop.get("max_epochs") or loop.get("max_iters")
+    return max(1, total // interval)
 
 
 def _slurm(profile: Path | None, partition: str | None, gpus: int) -> Check:

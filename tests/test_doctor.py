@@ -48,3 +48,12 @@ def test_slurm_missing_from_path_fails_with_its_fix(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     slurm = _row(result.stdout, "Slurm")
     assert "fail" in slurm and "not found on PATH" in slurm and "login node" in slurm
+
+
+def test_a_work_dir_without_room_for_the_checkpoints_fails_with_its_fix(tmp_path, small_disk):
+    disk = small_disk(1 << 20)  # 1 MiB: the tiny table 2's checkpoints take ~100 MiB
+    result = _doctor("table2", "--work-dir", str(disk), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    row = _row(result.stdout, "free disk")
+    assert "fail" in row and "the checkpoints the 6 run(s) still to train keep" in row
+    assert "or give another --work-dir" in row

@@ -17,7 +17,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seesaw_repro import presets
+from seesaw_repro import doctor, presets
 from seesaw_repro.compat import load_from_local_safely
 from seesaw_repro.configs import resolve, run_id
 from seesaw_repro.executors import run_local, triage
@@ -193,6 +193,8 @@ def test_a_full_disk_fails_the_run_in_one_line_and_it_resumes_once_freed(
 
     run, done = straight
     checkpoint_bytes = max(p.stat().st_size for p in done.path.glob("iter_*.pth"))
+    # what `seesaw doctor` expects a checkpoint of this model to take, against a real one
+    assert doctor.checkpoint_bytes(run.config["model"]) == pytest.approx(checkpoint_bytes, 0.1)
     disk = small_disk(int(1.5 * checkpoint_bytes))  # the first checkpoint fits, not the second
     console = Console(stderr=True, width=400)
     assert run_local([run], disk, quick_data, console=console) == {run.run_id: "failed"}
