@@ -720,11 +720,12 @@ def config(
         typer.echo(cfg.pretty_text)
 
 
-def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> Path:
+def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> Path | None:
+    """The train annotations under the data root (None: the preset has no default root)."""
     from seesaw_repro import presets
 
     root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
-    return root / "annotations" / "lvis_v1_train.json"
+    return root / "annotations" / "lvis_v1_train.json" if root else None
 
 
 PLOT_DATA_ROOT = typer.Option(
@@ -735,16 +736,17 @@ FIGURE_OUT = typer.Option(
 )
 
 
-def _draw(figure: str, preset: str, work_dir: Path, data_root: Path | None, out: Path | None):
+def _draw(
+    figure: str, preset: str, work_dir: Path, data_root: Path | None, out: Path | None
+) -> None:
     """Draw a figure (plots.draw) and say what was written and what was left out."""
     from seesaw_repro import plots
 
+    train_ann = _train_annotations(preset, data_root, work_dir)
+    if train_ann is None:
+        raise UserError(f"preset {preset} has no default data root: give --data-root")
     written, missing = plots.draw(
-        figure,
-        preset,
-        work_dir,
-        _train_annotations(preset, data_root, work_dir),
-        out or work_dir / "figures" / figure,
+        figure, preset, work_dir, train_ann, out or work_dir / "figures" / figure
     )
     if missing:
         console.print(f"[yellow]not done, left out:[/] {escape(', '.join(missing))}")

@@ -52,8 +52,11 @@ def _claims_view(claims: pd.DataFrame) -> dict:
     return {"header": header, "rows": cells}
 
 
-def _figure(table: Table, preset: str, work_dir: Path, train_ann: Path) -> dict:
+def _figure(table: Table, preset: str, work_dir: Path, train_ann: Path | None) -> dict:
     """A figure drawn from its done runs as PNG data, or why it is not drawn."""
+    if train_ann is None:
+        why = f"preset {preset} has no default data root: give --data-root"
+        return {"png": None, "why_not": why, "missing": []}
     with tempfile.TemporaryDirectory() as folder:
         try:
             out = Path(folder) / table.name
@@ -98,13 +101,14 @@ def render(
     preset: str,
     seeds: list[int],
     work_dir: Path,
-    train_ann: Path,
+    train_ann: Path | None,
     out_dir: Path,
     view: str = "auto",
 ) -> str:
     """The page for `frames` (tables with report.compare's frames): a summary of verdicts
     per table, each table's views, claims, footnotes and figure, and the runs' appendix.
-    Config links are relative to `out_dir`, where the page is written."""
+    Config links are relative to `out_dir`, where the page is written; the figures' categories
+    come from `train_ann` (None: the figures say why they are not drawn)."""
     sections, summary, environments = [], [], set()
     for table, frame in frames:
         claims = report.claims(table, frame) if table.claims else None

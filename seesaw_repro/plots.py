@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
+from . import configs, recipes
 from .errors import UserError
 from .files import read_json
 from .run_folder import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE, PER_CATEGORY_FILE
@@ -225,8 +226,6 @@ def plot_tail_accuracy(runs: dict[str, Path], train_ann: Path, out: Path) -> lis
 
 def figure_runs(figure: str, preset: str, work_dir: Path) -> dict[str, RunDir]:
     """A figure's row keys -> run folders (done or not)."""
-    from . import configs, recipes
-
     return {
         row.key: RunDir(work_dir, configs.run_id(configs.resolve(row.spec, preset)))
         for row in recipes.load_table(figure).rows
@@ -245,9 +244,7 @@ def draw(
     and the rows left out. Figures 1 and 3 need both their runs done (else UserError naming
     the run); Figure 4 draws a panel per framework and sampler from the runs that are done
     and leaves the others out."""
-    from .recipes import table_name
-
-    figure = table_name(figure)
+    figure = recipes.table_name(figure)
     number = int(figure.removeprefix("figure"))
     run_dirs = figure_runs(figure, preset, work_dir)
     if figure == "figure04":

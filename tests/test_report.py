@@ -255,6 +255,9 @@ def test_plot_gradients_says_which_run_is_missing(tmp_path):
     result = _seesaw("plot", "gradients", "--work-dir", "w", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "the CE run of Figure 3 (" in result.stderr and "seesaw repro figure3" in result.stderr
+    result = _seesaw("plot", "gradients", "--preset", "paper", "--work-dir", "w", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "preset paper has no default data root: give --data-root" in result.stderr
 
 
 def _figure3_done(work: Path) -> None:
