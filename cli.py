@@ -489,7 +489,9 @@ def report_command(
 
         page_dir = out.parent if out else Path.cwd()
         train_ann = _train_annotations(preset, data_root, work_dir)
-        page = html_report.render(frames, preset, seed_list, work_dir, train_ann, page_dir, view)
+        page = html_report.render(
+            frames, planned, preset, seed_list, work_dir, train_ann, page_dir, view
+        )
         _write_or_print(page, out)
         return
     if claims_only:
@@ -743,8 +745,6 @@ def _draw(
     from seesaw_repro import plots
 
     train_ann = _train_annotations(preset, data_root, work_dir)
-    if train_ann is None:
-        raise UserError(f"preset {preset} has no default data root: give --data-root")
     written, missing = plots.draw(
         figure, preset, work_dir, train_ann, out or work_dir / "figures" / figure
     )

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from . import plots, report, verdicts
 from .errors import UserError
 from .recipes import Table
-from .runs import RunDir, plan_tables
+from .runs import PlannedRun, RunDir
 
 TEMPLATE = "report.html.j2"
 
@@ -54,9 +54,6 @@ def _claims_view(claims: pd.DataFrame) -> dict:
 
 def _figure(table: Table, preset: str, work_dir: Path, train_ann: Path | None) -> dict:
     """A figure drawn from its done runs as PNG data, or why it is not drawn."""
-    if train_ann is None:
-        why = f"preset {preset} has no default data root: give --data-root"
-        return {"png": None, "why_not": why, "missing": []}
     with tempfile.TemporaryDirectory() as folder:
         try:
             out = Path(folder) / table.name
@@ -67,13 +64,11 @@ def _figure(table: Table, preset: str, work_dir: Path, train_ann: Path | None) -
     return {"png": png, "why_not": "", "missing": missing}
 
 
-def _appendix(
-    tables: list[Table], preset: str, seeds: list[int], work_dir: Path, out_dir: Path
-) -> list[dict]:
-    """Every run the tables need: its rows, seed, state, config (a path relative to the
-    page), times and host."""
+def _appendix(planned: list[PlannedRun], work_dir: Path, out_dir: Path) -> list[dict]:
+    """Every planned run: its rows, seed, state, config (a path relative to the page), times
+    and host."""
     entries = []
-    for run in plan_tables(tables, preset, seeds):
+    for run in planned:
         run_dir = RunDir(work_dir, run.run_id)
         status = run_dir.status()
         config = run_dir.config_file
@@ -98,6 +93,7 @@ def _when(stamp: float | None) -> str:
 
 def render(
     frames: list[tuple[Table, pd.DataFrame]],
+    planned: list[PlannedRun],
     preset: str,
     seeds: list[int],
     work_dir: Path,
@@ -106,7 +102,8 @@ def render(
     view: str = "auto",
 ) -> str:
     """The page for `frames` (tables with report.compare's frames): a summary of verdicts
-    per table, each table's views, claims, footnotes and figure, and the runs' appendix.
+    per table, each table's views, claims, footnotes and figure, and an appendix of the
+    tables' `planned` runs (runs.plan_tables).
     Config links are relative to `out_dir`, where the page is written; the figures' categories
     come from `train_ann` (None: the figures say why they are not drawn)."""
     sections, summary, environments = [], [], set()
@@ -138,7 +135,6 @@ def render(
                 "figure": _figure(table, preset, work_dir, train_ann) if table.is_figure else None,
             }
         )
-    tables = [table for table, _ in frames]
     environment = Environment(
         loader=PackageLoader("seesaw_repro"), autoescape=True, undefined=StrictUndefined
     )
@@ -151,6 +147,6 @@ def render(
         verdicts=verdicts.VERDICTS,
         summary=summary,
         sections=sections,
-        runs=_appendix(tables, preset, seeds, work_dir, out_dir),
+        runs=_appendix(planned, work_dir, out_dir),
         legend=report.LEGEND,
     )

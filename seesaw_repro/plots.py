@@ -238,12 +238,15 @@ METHOD_LABELS = {"ce": "CE", "eql": "EQL", "bags": "BAGS", "seesaw": "Seesaw"}
 
 
 def draw(
-    figure: str, preset: str, work_dir: Path, train_ann: Path, out: Path
+    figure: str, preset: str, work_dir: Path, train_ann: Path | None, out: Path
 ) -> tuple[list[Path], list[str]]:
     """Draw Figure 1, 3 or 4 from its runs into `out`.png and `out`.pdf: the files written
     and the rows left out. Figures 1 and 3 need both their runs done (else UserError naming
     the run); Figure 4 draws a panel per framework and sampler from the runs that are done
-    and leaves the others out."""
+    and leaves the others out. `train_ann` orders the categories (None: the preset has no
+    default data root, a UserError)."""
+    if train_ann is None:
+        raise UserError(f"preset {preset} has no default data root: give --data-root")
     figure = recipes.table_name(figure)
     number = int(figure.removeprefix("figure"))
     run_dirs = figure_runs(figure, preset, work_dir)
