@@ -214,27 +214,36 @@ def _render_split(
     return images, annotations
 
 
+def _category(
+    cat_id: int, name: str, definition: str, train_anns: list[dict], frequency: str | None = None
+) -> dict:
+    """An LVIS category record, its counts from the train annotations; its frequency group
+    from its image count unless given."""
+    own = [a for a in train_anns if a["category_id"] == cat_id]
+    image_count = len({a["image_id"] for a in own})
+    return {
+        "id": cat_id,
+        "name": name,
+        "synset": f"{name}.n.01",
+        "synonyms": [name],
+        "def": definition,
+        "frequency": frequency or frequency_group(image_count),
+        "image_count": image_count,
+        "instance_count": len(own),
+    }
+
+
 def _categories(train_anns: list[dict], spec: SynthSpec) -> list[dict]:
     colour_names = list(COLOURS)
-    cats = []
-    for cat in range(spec.num_categories):
-        cat_id = cat + 1
-        own = [a for a in train_anns if a["category_id"] == cat_id]
-        image_count = len({a["image_id"] for a in own})
-        name = f"digit_{cat % 10}_{colour_names[cat // 10]}"
-        cats.append(
-            {
-                "id": cat_id,
-                "name": name,
-                "synset": f"{name}.n.01",
-                "synonyms": [name],
-                "def": f"a handwritten {cat % 10} in {colour_names[cat // 10]}",
-                "frequency": frequency_group(image_count),
-                "image_count": image_count,
-                "instance_count": len(own),
-            }
+    return [
+        _category(
+            cat + 1,
+            f"digit_{cat % 10}_{colour_names[cat // 10]}",
+            f"a handwritten {cat % 10} in {colour_names[cat // 10]}",
+            train_anns,
         )
-    return cats
+        for cat in range(spec.num_categories)
+    ]
 
 
 def _federated_labels(images: list[dict], anns: list[dict], num_categories: int) -> None:
@@ -476,22 +485,10 @@ def generate_lvis_shaped(root: Path, spec: LvisShapedSpec = LvisShapedSpec()) ->
         for split in ("train", "val")
     }
     train_anns = rendered["train"][1]
-    categories = []
-    for index, group in enumerate(groups):
-        own = [a for a in train_anns if a["category_id"] == index + 1]
-        name = f"synthetic_{index + 1:04d}"
-        categories.append(
-            {
-                "id": index + 1,
-                "name": name,
-                "synset": f"{name}.n.01",
-                "synonyms": [name],
-                "def": f"generated category {index + 1}",
-                "frequency": str(group),
-                "image_count": len({a["image_id"] for a in own}),
-                "instance_count": len(own),
-            }
-        )
+    categories = [
+        _category(k, f"synthetic_{k:04d}", f"generated category {k}", train_anns, str(group))
+        for k, group in enumerate(groups, start=1)
+    ]
     paths = annotation_paths(root)
     paths["train"].parent.mkdir(parents=True, exist_ok=True)
     info = {
