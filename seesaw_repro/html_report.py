@@ -78,6 +78,7 @@ def _appendix(planned: list[PlannedRun], work_dir: Path, out_dir: Path) -> list[
                 "rows": ", ".join(run.rows),
                 "seed": run.spec.seed,
                 "state": status["state"],
+                "state_class": _slug(status["state"]),
                 "config": os.path.relpath(config, out_dir) if config.exists() else "",
                 "started": _when(status.get("started")),
                 "ended": _when(status.get("ended")),
