@@ -115,23 +115,34 @@ def _longer_run(preset, iters: int) -> PlannedRun:
     return PlannedRun(run_id(config), preset.name, spec, config, ("test:requeue",))
 
 
-def test_a_requeued_job_resumes_to_the_uninterrupted_result(
+def _wait_for_iteration(run_dir: RunDir, iteration: int) -> None:
+    deadline = time.monotonic() + 300
+    while (run_dir.progress() or {}).get("iter", 0) < iteration:
+        assert not run_dir.is_done() and time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def test_a_job_requeued_twice_resumes_to_the_uninterrupted_result(
     tmp_path, cluster, quick_data, with_quick_preset
 ):
+    """First the time-limit warning: Slurm sends the batch shell USR1 before the time limit
+    (--signal=B:USR1@180); sent here by hand, the script requeues the job. Then a requeue from
+    outside (an admin, a preemption): Slurm sends the job SIGTERM. Each time the job
+    checkpoints, stops, and resumes; the end equals a run never interrupted."""
     run = _longer_run(with_quick_preset, iters=60)
     run_dir = RunDir(tmp_path / "slurm", run.run_id)
     run_slurm([run], tmp_path / "slurm", quick_data, CPU_JOB)
     job_id = run_dir.status()["job_id"]
-    deadline = time.monotonic() + 300
-    while (run_dir.progress() or {}).get("iter", 0) < 15:
-        assert not run_dir.is_done() and time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_iteration(run_dir, 15)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
+    _wait_for_iteration(run_dir, 35)  # only reached after the restart
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     assert follow([run], tmp_path / "slurm", poll_s=1) == {run.run_id: "done"}
 
     log = run_dir.log_file.read_text()
-    assert "stopped by signal 15" in log and "(restart 1)" in log
-    assert "resumed epoch: 0, iter: " in log
+    assert "time limit near: requeueing" in log and "(restart 1)" in log
+    assert "stopped by signal 15" in log and "(restart 2)" in log
+    assert log.count("resumed epoch: 0, iter: ") == 2
     assert run_local([run], tmp_path / "local", quick_data, jobs=os.cpu_count() or 1) == {
         run.run_id: "done"
     }
@@ -141,26 +152,6 @@ def test_a_requeued_job_resumes_to_the_uninterrupted_result(
     assert (run_dir.path / stats).read_text() == (straight.path / stats).read_text()
 
 
-def test_the_time_limit_warning_requeues_the_job_and_it_resumes(
-    tmp_path, cluster, quick_data, with_quick_preset
-):
-    """Slurm sends the batch shell USR1 before the time limit (--signal=B:USR1@180); sent
-    here by hand, the script requeues the job, which checkpoints and resumes."""
-    run = _longer_run(with_quick_preset, iters=60)
-    run_dir = RunDir(tmp_path / "w", run.run_id)
-    run_slurm([run], tmp_path / "w", quick_data, CPU_JOB)
-    deadline = time.monotonic() + 300
-    while (run_dir.progress() or {}).get("iter", 0) < 15:
-        assert not run_dir.is_done() and time.monotonic() < deadline
-        time.sleep(0.2)
-    job_id = run_dir.status()["job_id"]
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True)
-    assert follow([run], tmp_path / "w", poll_s=1) == {run.run_id: "done"}
-    log = run_dir.log_file.read_text()
-    assert "time limit near: requeueing" in log and "(restart 1)" in log
-    assert "stopped by signal 15" in log and "resumed epoch: 0, iter: " in log
-
-
 def test_cancel_stops_a_slurm_job_and_the_run_resumes_later(
     tmp_path, cluster, quick_data, with_quick_preset
 ):
@@ -168,10 +159,7 @@ def test_cancel_stops_a_slurm_job_and_the_run_resumes_later(
     work = tmp_path / "w"
     run_slurm([run], work, quick_data, CPU_JOB)
     run_dir = RunDir(work, run.run_id)
-    deadline = time.monotonic() + 300
-    while (run_dir.progress() or {}).get("iter", 0) < 5:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for_iteration(run_dir, 5)
     assert slurm.cancel(run_dir)
     status = run_dir.status()
     assert status["state"] == "cancelled" and status["reason"] == f"scancel {status['job_id']}"
