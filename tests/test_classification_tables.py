@@ -34,21 +34,26 @@ def test_paper_preset_without_imagenet_lt_is_one_line_and_exit_2(tmp_path, root,
     assert "Traceback" not in result.stderr + result.stdout
 
 
+@pytest.fixture(scope="module")
+def tables_10_and_11(tmp_path_factory):
+    """A work dir where `seesaw repro table10` and then `table11` ran, as a user runs them."""
+    cwd = tmp_path_factory.mktemp("tables-10-11")
+    for table in ("table10", "table11"):
+        result = _seesaw("repro", table, "--work-dir", "w", cwd=cwd, timeout=1800)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return cwd / "w"
+
+
 @pytest.mark.slow
-def test_tables_10_and_11_run_every_row_on_the_tiny_preset(tmp_path):
-    result = _seesaw("repro", "table10", "--work-dir", "w", cwd=tmp_path, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    result = _seesaw("repro", "table11", "--work-dir", "w", cwd=tmp_path, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    report = _seesaw("report", "all", "--format", "csv", "--work-dir", "w", cwd=tmp_path)
+def test_tables_10_and_11_run_every_row_on_the_tiny_preset(tables_10_and_11):
+    work = tables_10_and_11
+    report = _seesaw("report", "all", "--format", "csv", "--work-dir", "w", cwd=work.parent)
     frame = pd.read_csv(io.StringIO(report.stdout), keep_default_na=False)
     for name, rows in (("table10", 10), ("table11", 5)):
         mine = frame[frame.table == name]
         assert len(mine) == rows and set(mine.state) == {"done"}, mine[["row", "state"]]
         for record in mine.to_dict("records"):
-            metrics = json.loads(
-                (tmp_path / "w" / "runs" / record["run_id"] / "metrics.json").read_text()
-            )
+            metrics = json.loads((work / "runs" / record["run_id"] / "metrics.json").read_text())
             assert metrics["split"] == "test"
             for metric in ("top1", "many", "medium", "few"):
                 assert float(record[f"{metric}_repro"]) == metrics["metrics"][metric]
@@ -57,27 +62,31 @@ def test_tables_10_and_11_run_every_row_on_the_tiny_preset(tmp_path):
             assert metrics["metrics"]["top1"] >= 60, (record["row"], metrics)
     seesaw = frame[(frame.table == "table10") & (frame.row == "seesaw")].run_id.item()
     assert frame[(frame.table == "table11") & (frame.row == "q1.0")].run_id.item() == seesaw
-    assert len(list((tmp_path / "w" / "runs").iterdir())) == 14
+    assert len(list((work / "runs").iterdir())) == 14
 
 
 @pytest.mark.slow
 def test_a_classification_run_killed_mid_training_resumes_to_the_uninterrupted_weights(
-    tmp_path,
+    tmp_path, tables_10_and_11
 ):
+    """Against the run `repro table10` trained straight: `repro` gives each of its
+    os.cpu_count() jobs one thread, and so do the killed job and its resume here (weights
+    are compared bit for bit, and a sum over other threads rounds otherwise)."""
+    import os
     import random as stdlib_random
 
     import torch
 
-    from seesaw_repro import imagenet_lt
     from seesaw_repro.classification_runs import PRESETS
     from seesaw_repro.compat import load_from_local_safely
     from seesaw_repro.executors import run_local
     from seesaw_repro.recipes import load_table
     from seesaw_repro.runs import RunDir, plan
 
-    data = imagenet_lt.ensure_digits(tmp_path / "digits", PRESETS["tiny"].digits)
+    data = PRESETS["tiny"].default_data_root(tables_10_and_11)
     run = plan(load_table("table10"), "tiny")[0]  # trained from scratch, 30 epochs
-    assert run_local([run], tmp_path / "straight", data) == {run.run_id: "done"}
+    straight = RunDir(tables_10_and_11, run.run_id)
+    assert straight.is_done()
     killed = RunDir(tmp_path / "killed", run.run_id)
     killed.prepare(run, data)
     # a seeded moment well inside training: after epoch 1's checkpoint, before the last
@@ -86,11 +95,12 @@ def test_a_classification_run_killed_mid_training_resumes_to_the_uninterrupted_w
     crashed = subprocess.run(
         [sys.executable, str(crash_job), str(killed.path), "train", str(n), "kill"],
         capture_output=True,
+        env={**os.environ, "SEESAW_THREADS": "1", "OMP_NUM_THREADS": "1"},
     )
     assert crashed.returncode == -9 and not killed.is_done()
-    assert run_local([run], tmp_path / "killed", data) == {run.run_id: "done"}
+    jobs = os.cpu_count() or 1  # one thread per job, as repro's
+    assert run_local([run], tmp_path / "killed", data, jobs=jobs) == {run.run_id: "done"}
     assert "resumed epoch" in killed.log_file.read_text()
-    straight = RunDir(tmp_path / "straight", run.run_id)
     # it learns: chance is 10 % top-1 over the 10 digits (measured: see the README)
     assert straight.metrics()["top1"] > 60, straight.metrics()
     assert killed.metrics() == straight.metrics(), f"killed at iteration {n}"
