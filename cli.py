@@ -467,11 +467,13 @@ def report_command(
     On generated data (tiny preset) each row is shown as its effect against its baseline
     row, paired by seed, beside the paper's effect, with a verdict; on the paper preset the
     absolute numbers beside the paper's come first. Runs not finished yet are marked with
-    their state, so it works while runs are in flight.
+    their state, so it works while runs are in flight. It only reads the work dir (safe from
+    a cron job): a run whose Slurm job ended without a word shows its last recorded state
+    until `seesaw status` or `seesaw repro` asks Slurm.
     """
     import pandas as pd
 
-    from seesaw_repro import report, runs, slurm
+    from seesaw_repro import report, runs
 
     if fmt not in (*report.FORMATS, "html"):
         formats = ", ".join((*report.FORMATS, "html"))
@@ -479,8 +481,6 @@ def report_command(
     tables = _tables(table)
     seed_list = _seeds(seeds, work_dir)
     planned = runs.plan_tables(tables, preset, seed_list)
-    # Runs whose Slurm job ended without a word (killed, out of time) are marked first.
-    slurm.refresh([runs.RunDir(work_dir, r.run_id) for r in planned])
     frames = [(t, report.compare(t, preset, work_dir, seed_list)) for t in tables]
     if fmt == "html":
         if claims_only:
@@ -560,7 +560,13 @@ def status(
     work_dir: Path = WORK_DIR,
     seeds: str | None = SEEDS,
 ) -> None:
-    """Show the state of every run a table needs: seed, state, progress, host, process, times."""
+    """Show the state of every run a table needs: seed, state, progress, host, process, times.
+
+    Runs on Slurm are first brought up to date with Slurm: a job gone without recording its
+    end (killed, out of time) is marked failed or cancelled, a requeued one queued; a pending
+    job Slurm can never start (its dependency failed, or it asks for more than the partition
+    has) is scancelled and its run marked failed with the reason.
+    """
     from rich.table import Table as RichTable
 
     from seesaw_repro import runs, slurm

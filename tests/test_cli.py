@@ -1,6 +1,7 @@
 """The `seesaw` command as a user meets it: help texts and one-line errors with exit code 2."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +310,28 @@ def test_a_plan_over_budget_is_refused_before_anything_runs(tmp_path):
     assert not (tmp_path / "seesaw-work").exists()  # not even the data was generated
     within = _seesaw("repro", "table2", "--budget", "16", "--dry-run", cwd=tmp_path)
     assert within.returncode == 0 and within.stdout.count("trains from the start") == 6
+
+
+def test_report_only_reads_the_work_dir_and_status_asks_slurm(tmp_path, monkeypatch):
+    """`seesaw report` is safe from a cron job: it runs no Slurm command (bringing a run's
+    state up to date may scancel its job); `seesaw status` does ask Slurm."""
+    from seesaw_repro.runs import RunDir, plan
+
+    calls, fake = tmp_path / "calls", tmp_path / "bin"
+    fake.mkdir()
+    for command in ("squeue", "sacct", "scancel", "sinfo"):
+        (fake / command).write_text(f"#!/bin/sh\necho {command} >> {calls}\n")
+        (fake / command).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    run = plan(recipes.load_table("table2"), "tiny")[0]
+    run_dir = RunDir(tmp_path / "w", run.run_id)
+    run_dir.path.mkdir(parents=True)
+    run_dir.set_status("queued", executor="slurm", job_id="4242")
+    work = ["--work-dir", str(tmp_path / "w")]
+    for fmt in ("rich", "csv", "html"):
+        result = runner.invoke(app, ["report", "table2", "--format", fmt, *work])
+        assert result.exit_code == 0, result.output
+    assert not calls.exists() and run_dir.status()["state"] == "queued"
+    result = runner.invoke(app, ["status", "table2", *work])
+    assert result.exit_code == 0, result.output
+    assert "squeue" in calls.read_text().split()
