@@ -4,6 +4,7 @@ two tables share is one run. Bad data roots of the paper preset are one clear li
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,6 @@ def test_a_classification_run_killed_mid_training_resumes_to_the_uninterrupted_w
     """Against the run `repro table10` trained straight: `repro` gives each of its
     os.cpu_count() jobs one thread, and so do the killed job and its resume here (weights
     are compared bit for bit, and a sum over other threads rounds otherwise)."""
-    import os
     import random as stdlib_random
 
     import torch
