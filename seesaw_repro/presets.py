@@ -161,15 +161,32 @@ def _tiny_backbone(spec: RunSpec, preset: TinyPreset) -> tuple[dict, list[int]]:
 
 
 def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | None) -> dict:
+    """The config of `spec` at the tiny scale: model, data, schedule and runtime."""
     num_classes = preset.synth.num_categories
-    classes = tuple(
-        f"digit_{d}_{c}" for c in synth.COLOURS for d in range(10)
-    )  # the category order synth.generate writes
+    model = _tiny_mask_rcnn(spec, preset, counts_checkpoint)
+    if spec.model != "mask_rcnn":
+        model = cascade_variant(cascade(model), spec.model, num_classes)
+    model_steps(spec, model, num_classes, preset.challenge)
+    if spec.backbone == "resnest200_dcn":  # after the SyncBN step, which sets BN everywhere
+        model["backbone"]["norm_cfg"] = TINY_RESNEST_NORM
+    return {
+        **suite_parts(spec, f"{DATA_ROOT}/annotations/lvis_v1_val.json"),
+        "default_scope": "mmdet",
+        # Part of the run id: the same method on other data is another run.
+        "seesaw": {"preset": preset.name, "synth": asdict(preset.synth)},
+        "model": model,
+        **_tiny_dataloaders(spec, preset),
+        **_tiny_schedule(spec, preset),
+        **_tiny_runtime(preset.max_iters(spec.schedule)),
+    }
+
+
+def _tiny_dataloaders(spec: RunSpec, preset: TinyPreset) -> dict:
+    """Train (RFS-wrapped where the row says so) and val dataloaders on the generated data."""
+    # the category order synth.generate writes
+    classes = tuple(f"digit_{d}_{c}" for c in synth.COLOURS for d in range(10))
     size = preset.synth.canvas
     scales = [(s, s) for s in (size - 16, size - 8, size, size + 8, size + 16)]
-    max_iters = preset.max_iters(spec.schedule)
-    backbone, widths = _tiny_backbone(spec, preset)
-    fpn = preset.fpn_channels
     train_dataset: dict[str, Any] = {
         "type": "LVISV1Dataset",
         "data_root": DATA_ROOT,
@@ -212,151 +229,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | Non
             },
         ],
     }
-    bbox_head = {
-        "type": "Shared2FCBBoxHead",
-        "in_channels": fpn,
-        "fc_out_channels": 128,
-        "roi_feat_size": 7,
-        "bbox_coder": {
-            "type": "DeltaXYWHBBoxCoder",
-            "target_means": [0.0, 0.0, 0.0, 0.0],
-            "target_stds": [0.1, 0.1, 0.2, 0.2],
-        },
-        "reg_class_agnostic": False,
-        "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
-        **bbox_head_method(spec, num_classes, _tail_fraction(preset), counts_checkpoint),
-    }
-    model = {
-        "type": "MaskRCNN",
-        "data_preprocessor": {
-            "type": "DetDataPreprocessor",
-            "mean": [123.675, 116.28, 103.53],
-            "std": [58.395, 57.12, 57.375],
-            "bgr_to_rgb": True,
-            "pad_mask": True,
-            "pad_size_divisor": 32,
-        },
-        "backbone": backbone,
-        "neck": {"type": "FPN", "in_channels": widths, "out_channels": fpn, "num_outs": 5},
-        "rpn_head": {
-            "type": "RPNHead",
-            "in_channels": fpn,
-            "feat_channels": fpn,
-            "anchor_generator": {
-                "type": "AnchorGenerator",
-                "scales": [4],  # anchors of 16-256 px: the digits are 15-40 px
-                "ratios": [0.5, 1.0, 2.0],
-                "strides": [4, 8, 16, 32, 64],
-            },
-            "bbox_coder": {
-                "type": "DeltaXYWHBBoxCoder",
-                "target_means": [0.0, 0.0, 0.0, 0.0],
-                "target_stds": [1.0, 1.0, 1.0, 1.0],
-            },
-            "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": 1.0},
-            "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
-        },
-        "roi_head": {
-            "type": "StandardRoIHead",
-            "bbox_roi_extractor": {
-                "type": "SingleRoIExtractor",
-                "roi_layer": {"type": "RoIAlign", "output_size": 7, "sampling_ratio": 0},
-                "out_channels": fpn,
-                "featmap_strides": [4, 8, 16, 32],
-            },
-            "bbox_head": bbox_head,
-            "mask_roi_extractor": {
-                "type": "SingleRoIExtractor",
-                "roi_layer": {"type": "RoIAlign", "output_size": 14, "sampling_ratio": 0},
-                "out_channels": fpn,
-                "featmap_strides": [4, 8, 16, 32],
-            },
-            "mask_head": {
-                "type": "FCNMaskHead",
-                "num_convs": 2,
-                "in_channels": fpn,
-                "conv_out_channels": fpn // 2,
-                "num_classes": num_classes,
-                "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
-                **mask_head_method(spec),
-            },
-        },
-        "train_cfg": {
-            "rpn": {
-                "assigner": {
-                    "type": "MaxIoUAssigner",
-                    "pos_iou_thr": 0.7,
-                    "neg_iou_thr": 0.3,
-                    "min_pos_iou": 0.3,
-                    "match_low_quality": True,
-                    "ignore_iof_thr": -1,
-                },
-                "sampler": {
-                    "type": "RandomSampler",
-                    "num": 64,
-                    "pos_fraction": 0.5,
-                    "neg_pos_ub": -1,
-                    "add_gt_as_proposals": False,
-                },
-                "allowed_border": -1,
-                "pos_weight": -1,
-                "debug": False,
-            },
-            "rpn_proposal": {
-                "nms_pre": 500,
-                "max_per_img": 200,
-                "nms": {"type": "nms", "iou_threshold": 0.7},
-                "min_bbox_size": 0,
-            },
-            "rcnn": {
-                "assigner": {
-                    "type": "MaxIoUAssigner",
-                    "pos_iou_thr": 0.5,
-                    "neg_iou_thr": 0.5,
-                    "min_pos_iou": 0.5,
-                    "match_low_quality": True,
-                    "ignore_iof_thr": -1,
-                },
-                "sampler": {
-                    "type": "RandomSampler",
-                    "num": 64,  # RoIs per image; the mask head's cost grows with the positives
-                    "pos_fraction": 0.25,
-                    "neg_pos_ub": -1,
-                    "add_gt_as_proposals": True,
-                },
-                "mask_size": 28,
-                "pos_weight": -1,
-                "debug": False,
-            },
-        },
-        "test_cfg": {
-            "rpn": {
-                "nms_pre": 300,
-                "max_per_img": 100,
-                "nms": {"type": "nms", "iou_threshold": 0.7},
-                "min_bbox_size": 0,
-            },
-            "rcnn": {
-                "score_thr": 1e-3,  # as the paper
-                "nms": {"type": "nms", "iou_threshold": 0.5},
-                "max_per_img": preset.detections_per_image,
-                "mask_thr_binary": 0.5,
-            },
-        },
-    }
-    if spec.model != "mask_rcnn":
-        model = cascade_variant(cascade(model), spec.model, num_classes)
-    model_steps(spec, model, num_classes, preset.challenge)
-    if spec.backbone == "resnest200_dcn":  # after the SyncBN step, which sets BN everywhere
-        model["backbone"]["norm_cfg"] = TINY_RESNEST_NORM
-    epochs, steps = SCHEDULES[spec.schedule]
-    checkpoint_every = max(1, max_iters // 6)
     return {
-        **suite_parts(spec, f"{DATA_ROOT}/annotations/lvis_v1_val.json"),
-        "default_scope": "mmdet",
-        # Part of the run id: the same method on other data is another run.
-        "seesaw": {"preset": preset.name, "synth": asdict(preset.synth)},
-        "model": model,
         "train_dataloader": {
             "batch_size": preset.batch_size,
             "num_workers": 0,
@@ -373,6 +246,163 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | Non
             "sampler": {"type": "DefaultSampler", "shuffle": False},
             "dataset": val_dataset,
         },
+    }
+
+
+def _tiny_mask_rcnn(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | None) -> dict:
+    """Mask R-CNN with the tiny backbone and narrow heads, the row's method in its heads."""
+    num_classes = preset.synth.num_categories
+    backbone, widths = _tiny_backbone(spec, preset)
+    fpn = preset.fpn_channels
+    bbox_head = {
+        "type": "Shared2FCBBoxHead",
+        "in_channels": fpn,
+        "fc_out_channels": 128,
+        "roi_feat_size": 7,
+        "bbox_coder": {
+            "type": "DeltaXYWHBBoxCoder",
+            "target_means": [0.0, 0.0, 0.0, 0.0],
+            "target_stds": [0.1, 0.1, 0.2, 0.2],
+        },
+        "reg_class_agnostic": False,
+        "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+        **bbox_head_method(spec, num_classes, _tail_fraction(preset), counts_checkpoint),
+    }
+    mask_head = {
+        "type": "FCNMaskHead",
+        "num_convs": 2,
+        "in_channels": fpn,
+        "conv_out_channels": fpn // 2,
+        "num_classes": num_classes,
+        "loss_mask": {"type": "CrossEntropyLoss", "use_mask": True, "loss_weight": 1.0},
+        **mask_head_method(spec),
+    }
+    return {
+        "type": "MaskRCNN",
+        "data_preprocessor": {
+            "type": "DetDataPreprocessor",
+            "mean": [123.675, 116.28, 103.53],
+            "std": [58.395, 57.12, 57.375],
+            "bgr_to_rgb": True,
+            "pad_mask": True,
+            "pad_size_divisor": 32,
+        },
+        "backbone": backbone,
+        "neck": {"type": "FPN", "in_channels": widths, "out_channels": fpn, "num_outs": 5},
+        "rpn_head": _tiny_rpn_head(fpn),
+        "roi_head": {
+            "type": "StandardRoIHead",
+            "bbox_roi_extractor": _roi_extractor(fpn, 7),
+            "bbox_head": bbox_head,
+            "mask_roi_extractor": _roi_extractor(fpn, 14),
+            "mask_head": mask_head,
+        },
+        "train_cfg": _tiny_train_cfg(),
+        "test_cfg": _tiny_test_cfg(preset),
+    }
+
+
+def _tiny_rpn_head(fpn: int) -> dict:
+    return {
+        "type": "RPNHead",
+        "in_channels": fpn,
+        "feat_channels": fpn,
+        "anchor_generator": {
+            "type": "AnchorGenerator",
+            "scales": [4],  # anchors of 16-256 px: the digits are 15-40 px
+            "ratios": [0.5, 1.0, 2.0],
+            "strides": [4, 8, 16, 32, 64],
+        },
+        "bbox_coder": {
+            "type": "DeltaXYWHBBoxCoder",
+            "target_means": [0.0, 0.0, 0.0, 0.0],
+            "target_stds": [1.0, 1.0, 1.0, 1.0],
+        },
+        "loss_cls": {"type": "CrossEntropyLoss", "use_sigmoid": True, "loss_weight": 1.0},
+        "loss_bbox": {"type": "L1Loss", "loss_weight": 1.0},
+    }
+
+
+def _roi_extractor(channels: int, output_size: int) -> dict:
+    return {
+        "type": "SingleRoIExtractor",
+        "roi_layer": {"type": "RoIAlign", "output_size": output_size, "sampling_ratio": 0},
+        "out_channels": channels,
+        "featmap_strides": [4, 8, 16, 32],
+    }
+
+
+def _max_iou_assigner(pos: float, neg: float, min_pos: float) -> dict:
+    return {
+        "type": "MaxIoUAssigner",
+        "pos_iou_thr": pos,
+        "neg_iou_thr": neg,
+        "min_pos_iou": min_pos,
+        "match_low_quality": True,
+        "ignore_iof_thr": -1,
+    }
+
+
+def _tiny_train_cfg() -> dict:
+    """Mask R-CNN's assigners and samplers, with fewer anchors and RoIs per image."""
+    return {
+        "rpn": {
+            "assigner": _max_iou_assigner(0.7, 0.3, 0.3),
+            "sampler": {
+                "type": "RandomSampler",
+                "num": 64,
+                "pos_fraction": 0.5,
+                "neg_pos_ub": -1,
+                "add_gt_as_proposals": False,
+            },
+            "allowed_border": -1,
+            "pos_weight": -1,
+            "debug": False,
+        },
+        "rpn_proposal": {
+            "nms_pre": 500,
+            "max_per_img": 200,
+            "nms": {"type": "nms", "iou_threshold": 0.7},
+            "min_bbox_size": 0,
+        },
+        "rcnn": {
+            "assigner": _max_iou_assigner(0.5, 0.5, 0.5),
+            "sampler": {
+                "type": "RandomSampler",
+                "num": 64,  # RoIs per image; the mask head's cost grows with the positives
+                "pos_fraction": 0.25,
+                "neg_pos_ub": -1,
+                "add_gt_as_proposals": True,
+            },
+            "mask_size": 28,
+            "pos_weight": -1,
+            "debug": False,
+        },
+    }
+
+
+def _tiny_test_cfg(preset: TinyPreset) -> dict:
+    return {
+        "rpn": {
+            "nms_pre": 300,
+            "max_per_img": 100,
+            "nms": {"type": "nms", "iou_threshold": 0.7},
+            "min_bbox_size": 0,
+        },
+        "rcnn": {
+            "score_thr": 1e-3,  # as the paper
+            "nms": {"type": "nms", "iou_threshold": 0.5},
+            "max_per_img": preset.detections_per_image,
+            "mask_thr_binary": 0.5,
+        },
+    }
+
+
+def _tiny_schedule(spec: RunSpec, preset: TinyPreset) -> dict:
+    """SGD over the preset's iterations, the learning rate stepped where the paper's is."""
+    max_iters = preset.max_iters(spec.schedule)
+    epochs, steps = SCHEDULES[spec.schedule]
+    return {
         "train_cfg": {
             "type": "IterBasedTrainLoop",
             "max_iters": max_iters,
@@ -395,6 +425,12 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | Non
                 "gamma": 0.1,
             },
         ],
+    }
+
+
+def _tiny_runtime(max_iters: int) -> dict:
+    """Hooks, logging and environment: checkpoints six times a run, keeping two."""
+    return {
         "default_hooks": {
             "timer": {"type": "IterTimerHook"},
             "logger": {"type": "LoggerHook", "interval": 20},
@@ -402,7 +438,7 @@ def _tiny_config(spec: RunSpec, preset: TinyPreset, counts_checkpoint: str | Non
             "checkpoint": {
                 "type": "CheckpointHook",
                 "by_epoch": False,
-                "interval": checkpoint_every,
+                "interval": max(1, max_iters // 6),
                 # mmengine deletes the oldest checkpoint *before* writing the next one; with two
                 # kept, a kill during a write still leaves the previous one to resume from.
                 "max_keep_ckpts": 2,
