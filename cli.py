@@ -126,106 +126,138 @@ def _data_root(
         return configs.prepare_data(task, preset_name, data_root, work_dir, specs)
 
 
+# The options of `seesaw repro`
+REPRO_DATA_ROOT = typer.Option(
+    None,
+    "--data-root",
+    help="Dataset root. Tiny preset: generated under --work-dir when left out.",
+)
+
+REPRO_JOBS = typer.Option(
+    0,
+    "--jobs",
+    min=0,
+    max=1024,
+    help="CPU runs (--gpus 0) trained at once, sharing the cores; 0 = one per core (one "
+    "thread each: on a CPU most of a step is single-threaded, so this is the fastest). "
+    "GPU runs are packed onto this machine's GPUs, --gpus each.",
+)
+
+REPRO_DRY_RUN = typer.Option(
+    False,
+    "--dry-run",
+    help="Print what would be done with each run, and do nothing (with --data-root, check "
+    "it holds every input the runs need first).",
+)
+
+REPRO_RETRY_FAILED = typer.Option(
+    False, "--retry-failed", help="Run again the runs that failed before (else skipped)."
+)
+
+REPRO_FORCE = typer.Option(
+    False,
+    "--force",
+    help="Train the done runs again too; their old folders are kept as <run id>.old-<time>.",
+)
+
+REPRO_EXECUTOR = typer.Option(
+    "local",
+    "--executor",
+    help="'local': train here, one process per run. 'slurm': submit one sbatch job per "
+    "run (after the jobs of the runs it needs) and return; see --wait.",
+)
+
+REPRO_GPUS = typer.Option(
+    0,
+    "--gpus",
+    min=0,
+    help="GPUs per run (0: CPU); several run as one process per GPU (torchrun here, srun "
+    "in Slurm). Slurm: more than --gpus-per-node spans whole nodes.",
+)
+
+REPRO_GPUS_PER_NODE = typer.Option(
+    None, "--gpus-per-node", help="Slurm: GPUs of one node (default 8)."
+)
+
+REPRO_CPUS_PER_GPU = typer.Option(
+    None,
+    "--cpus-per-gpu",
+    help="Slurm: CPU cores per GPU, or per run when --gpus 0 (default 8).",
+)
+
+REPRO_TIME_LIMIT = typer.Option(
+    None,
+    "--time",
+    help="Slurm time limit per job (e.g. 2-00:00:00); near it the job "
+    "checkpoints and requeues itself.",
+)
+
+REPRO_PROFILE = typer.Option(
+    None,
+    "--profile",
+    envvar="SEESAW_SLURM_PROFILE",
+    help="TOML file of Slurm settings: the options above by name (gpus_per_node = 4) and "
+    'sbatch = ["--exclusive", ...] for any other sbatch flag; options given here win.',
+)
+
+REPRO_WAIT = typer.Option(
+    False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
+)
+
+REPRO_TENSORBOARD = typer.Option(
+    False,
+    "--tensorboard",
+    help="The jobs started now also log losses and metrics for TensorBoard, under each "
+    "run's folder (`tensorboard --logdir WORK_DIR/runs`); run ids do not change.",
+)
+
+REPRO_SMOKE = typer.Option(
+    False,
+    "--smoke",
+    help="Before the GPU-hours: every distinct run of the table in --preset (paper), cut "
+    "to one epoch on its first 4 training images and evaluated on 4 val images, under "
+    "WORK_DIR/smoke as preset paper-smoke (`seesaw report TABLE --preset paper-smoke "
+    "--work-dir WORK_DIR/smoke`). Shows in minutes what would fail in hours; its metrics "
+    "mean nothing.",
+)
+
+REPRO_BUDGET = typer.Option(
+    None,
+    "--budget",
+    min=0,
+    help="Refuse, before anything runs, when the runs still to train are estimated to cost "
+    "more than this, in the unit `seesaw plan` shows (paper preset: V100 GPU-hours; tiny: "
+    "CPU-core minutes); a resumed run counts whole. A Slurm profile may set budget = N.",
+)
+
+
 @app.command()
 @user_errors
 def repro(
     table: str = typer.Argument(..., help="The table or figure to reproduce: table2, figure3."),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
-    data_root: Path | None = typer.Option(
-        None,
-        "--data-root",
-        help="Dataset root. Tiny preset: generated under --work-dir when left out.",
-    ),
-    jobs: int = typer.Option(
-        0,
-        "--jobs",
-        min=0,
-        max=1024,
-        help="CPU runs (--gpus 0) trained at once, sharing the cores; 0 = one per core (one "
-        "thread each: on a CPU most of a step is single-threaded, so this is the fastest). "
-        "GPU runs are packed onto this machine's GPUs, --gpus each.",
-    ),
-    dry_run: bool = typer.Option(
-        False,
-        "--dry-run",
-        help="Print what would be done with each run, and do nothing (with --data-root, check "
-        "it holds every input the runs need first).",
-    ),
-    retry_failed: bool = typer.Option(
-        False, "--retry-failed", help="Run again the runs that failed before (else skipped)."
-    ),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Train the done runs again too; their old folders are kept as <run id>.old-<time>.",
-    ),
-    executor: str = typer.Option(
-        "local",
-        "--executor",
-        help="'local': train here, one process per run. 'slurm': submit one sbatch job per "
-        "run (after the jobs of the runs it needs) and return; see --wait.",
-    ),
-    gpus: int = typer.Option(
-        0,
-        "--gpus",
-        min=0,
-        help="GPUs per run (0: CPU); several run as one process per GPU (torchrun here, srun "
-        "in Slurm). Slurm: more than --gpus-per-node spans whole nodes.",
-    ),
-    gpus_per_node: int | None = typer.Option(
-        None, "--gpus-per-node", help="Slurm: GPUs of one node (default 8)."
-    ),
-    cpus_per_gpu: int | None = typer.Option(
-        None,
-        "--cpus-per-gpu",
-        help="Slurm: CPU cores per GPU, or per run when --gpus 0 (default 8).",
-    ),
+    data_root: Path | None = REPRO_DATA_ROOT,
+    jobs: int = REPRO_JOBS,
+    dry_run: bool = REPRO_DRY_RUN,
+    retry_failed: bool = REPRO_RETRY_FAILED,
+    force: bool = REPRO_FORCE,
+    executor: str = REPRO_EXECUTOR,
+    gpus: int = REPRO_GPUS,
+    gpus_per_node: int | None = REPRO_GPUS_PER_NODE,
+    cpus_per_gpu: int | None = REPRO_CPUS_PER_GPU,
     partition: str | None = typer.Option(None, "--partition", help="Slurm partition."),
     account: str | None = typer.Option(None, "--account", help="Slurm account."),
     qos: str | None = typer.Option(None, "--qos", help="Slurm quality of service."),
-    time_limit: str | None = typer.Option(
-        None,
-        "--time",
-        help="Slurm time limit per job (e.g. 2-00:00:00); near it the job "
-        "checkpoints and requeues itself.",
-    ),
+    time_limit: str | None = REPRO_TIME_LIMIT,
     mem: str | None = typer.Option(None, "--mem", help="Slurm memory per node (e.g. 64G)."),
     constraint: str | None = typer.Option(None, "--constraint", help="Slurm node features."),
-    profile: Path | None = typer.Option(
-        None,
-        "--profile",
-        envvar="SEESAW_SLURM_PROFILE",
-        help="TOML file of Slurm settings: the options above by name (gpus_per_node = 4) and "
-        'sbatch = ["--exclusive", ...] for any other sbatch flag; options given here win.',
-    ),
-    wait: bool = typer.Option(
-        False, "--wait", help="Slurm: follow the jobs until they end, then print the table."
-    ),
+    profile: Path | None = REPRO_PROFILE,
+    wait: bool = REPRO_WAIT,
     seeds: str = typer.Option("1", "--seeds", help=SEEDS_HELP),
-    tensorboard: bool = typer.Option(
-        False,
-        "--tensorboard",
-        help="The jobs started now also log losses and metrics for TensorBoard, under each "
-        "run's folder (`tensorboard --logdir WORK_DIR/runs`); run ids do not change.",
-    ),
-    smoke: bool = typer.Option(
-        False,
-        "--smoke",
-        help="Before the GPU-hours: every distinct run of the table in --preset (paper), cut "
-        "to one epoch on its first 4 training images and evaluated on 4 val images, under "
-        "WORK_DIR/smoke as preset paper-smoke (`seesaw report TABLE --preset paper-smoke "
-        "--work-dir WORK_DIR/smoke`). Shows in minutes what would fail in hours; its metrics "
-        "mean nothing.",
-    ),
-    budget: float | None = typer.Option(
-        None,
-        "--budget",
-        min=0,
-        help="Refuse, before anything runs, when the runs still to train are estimated to cost "
-        "more than this, in the unit `seesaw plan` shows (paper preset: V100 GPU-hours; tiny: "
-        "CPU-core minutes); a resumed run counts whole. A Slurm profile may set budget = N.",
-    ),
+    tensorboard: bool = REPRO_TENSORBOARD,
+    smoke: bool = REPRO_SMOKE,
+    budget: float | None = REPRO_BUDGET,
 ) -> None:
     """Train and evaluate every run a table needs, then print the table beside the paper's.
 
@@ -241,42 +273,32 @@ def repro(
         preset, work_dir = _smoke_preset(preset, spec_table), work_dir / "smoke"
     seed_list = runs.parse_seeds(seeds)
     planned = runs.plan(spec_table, preset, seed_list)
+    options = None
     if executor == "slurm":
-        options = slurm.load_options(
-            profile,
-            gpus=gpus,
-            gpus_per_node=gpus_per_node,
-            cpus_per_gpu=cpus_per_gpu,
-            partition=partition,
-            account=account,
-            qos=qos,
-            time=time_limit,
-            mem=mem,
-            constraint=constraint,
-        )
+        slurm_flags = {"gpus": gpus, "gpus_per_node": gpus_per_node, "cpus_per_gpu": cpus_per_gpu}
+        slurm_flags |= {"partition": partition, "account": account, "qos": qos, "mem": mem}
+        options = slurm.load_options(profile, time=time_limit, constraint=constraint, **slurm_flags)
         slurm.check_slurm(options.partition)
+        budget = options.budget if budget is None else budget
     else:
         executors.gpu_slots(gpus, 1)  # enough GPUs here?
     if tensorboard:
         _enable_tensorboard()
-    if executor == "slurm" and budget is None:
-        budget = options.budget
     if budget is not None:
         _check_budget(executors.triage(planned, work_dir, retry_failed, force), budget, preset)
-    specs = [run.spec for run in planned]
+    root = None
     if data_root is not None or not dry_run:  # a dry run checks a given root, generates none
+        specs = [run.spec for run in planned]
         root = _data_root(spec_table.task, preset, data_root, work_dir, specs)
     _require_pretrained(planned, work_dir, table)
     if dry_run:
-        for run, action in executors.triage(planned, work_dir, retry_failed, force):
-            needs = f" after {', '.join(run.needs)}" if run.needs else ""
-            typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
+        _print_triage(planned, work_dir, retry_failed, force)
         return
     say(
         f"{spec_table.title}: {len(spec_table.rows)} rows, {len(planned)} distinct runs, "
         f"preset {preset}, work dir {work_dir}"
     )
-    if executor == "slurm":
+    if options is not None:
         states = executors.run_slurm(
             planned, work_dir, root, options, console, retry_failed=retry_failed, force=force
         )
@@ -291,16 +313,27 @@ def repro(
     else:
         jobs = jobs or os.cpu_count() or 1
         states = executors.run_local(
-            planned,
-            work_dir,
-            root,
-            jobs,
-            console,
-            retry_failed=retry_failed,
-            force=force,
-            gpus_per_run=gpus,
+            planned, work_dir, root, jobs, console, retry_failed, force, gpus_per_run=gpus
         )
-    frame = report.compare(spec_table, preset, work_dir, seed_list)
+    _print_table_and_failures(spec_table, preset, work_dir, seed_list, states)
+
+
+def _print_triage(planned: list, work_dir: Path, retry_failed: bool, force: bool) -> None:
+    """--dry-run: what `repro` would do with each run, and after which runs."""
+    from seesaw_repro import executors
+
+    for run, action in executors.triage(planned, work_dir, retry_failed, force):
+        needs = f" after {', '.join(run.needs)}" if run.needs else ""
+        typer.echo(f"{run.run_id}  {', '.join(run.rows)}: {executors.ACTIONS[action]}{needs}")
+
+
+def _print_table_and_failures(
+    spec_table: Table, preset: str, work_dir: Path, seeds: list[int], states: dict[str, str]
+) -> None:
+    """The table beside the paper's; exit code 1 when some run did not finish."""
+    from seesaw_repro import report
+
+    frame = report.compare(spec_table, preset, work_dir, seeds)
     report.render(spec_table, frame, preset, Console())
     failed = [rid for rid, state in states.items() if state != "done"]
     if failed:
