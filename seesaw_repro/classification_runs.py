@@ -190,32 +190,70 @@ def _loss(spec: ClassificationSpec, scale: ClassificationScale) -> dict[str, Any
 def _config(
     spec: ClassificationSpec, scale: ClassificationScale, pretrained: str | None
 ) -> dict[str, Any]:
-    def split(name: str) -> str:
-        return f"{DATA_ROOT}/{imagenet_lt.split_file(Path(), name)}"
-
-    def loader(name: str, train: bool, sampler: dict) -> dict:
-        return {
-            "batch_size": scale.batch_per_process,
-            "num_workers": scale.workers,
-            "persistent_workers": scale.workers > 0,
-            "sampler": sampler,
-            "dataset": {
-                "type": "ImageListDataset",
-                "root": DATA_ROOT,
-                "split_file": split(name),
-                "augment": scale.augment,
-                "train": train,
-            },
-        }
-
-    head = spec.decoupled if spec.decoupled in ("lws", "tau_norm", "ncm") else "linear"
+    """A classification run's config: the model and runtime, then either a post-hoc head
+    fitted and tested (NCM, tau-norm) or a training schedule (plain, cRT, LWS)."""
+    test_loader = _loader(scale, "test", False, {"type": "DefaultSampler", "shuffle": False})
     evaluator = {
         "type": "ShotGroupAccuracy",
-        "train_split_file": split("train"),
+        "train_split_file": _split("train"),
         "num_classes": scale.num_classes,
     }
-    test_loader = loader("test", False, {"type": "DefaultSampler", "shuffle": False})
-    config: dict[str, Any] = {
+    config = _model_and_runtime(spec, scale, pretrained)
+    if spec.decoupled in ("ncm", "tau_norm"):
+        config["seesaw"]["job"] = "evaluate"
+        config["custom_hooks"].append(
+            {
+                "type": "PosthocClassifierHook",
+                "train_split_file": _split("train"),
+                "val_split_file": _split("val"),
+            }
+        )
+        config.update(
+            test_dataloader=test_loader, test_evaluator=evaluator, test_cfg={"type": "TestLoop"}
+        )
+        return config
+    config.update(val_dataloader=test_loader, val_evaluator=evaluator, **_training(spec, scale))
+    if spec.decoupled:  # crt, lws: only the classifier or the scales learn
+        config["custom_hooks"].append(
+            {
+                "type": "ClassifierFinetuneHook",
+                "scope": "",
+                "trainable": "classifier" if spec.decoupled == "crt" else "scales",
+                "fresh": spec.decoupled == "crt",
+            }
+        )
+        config["model_wrapper_cfg"] = {
+            "type": "MMDistributedDataParallel",
+            "find_unused_parameters": True,
+        }
+    return config
+
+
+def _split(name: str) -> str:
+    return f"{DATA_ROOT}/{imagenet_lt.split_file(Path(), name)}"
+
+
+def _loader(scale: ClassificationScale, name: str, train: bool, sampler: dict) -> dict:
+    return {
+        "batch_size": scale.batch_per_process,
+        "num_workers": scale.workers,
+        "persistent_workers": scale.workers > 0,
+        "sampler": sampler,
+        "dataset": {
+            "type": "ImageListDataset",
+            "root": DATA_ROOT,
+            "split_file": _split(name),
+            "augment": scale.augment,
+            "train": train,
+        },
+    }
+
+
+def _model_and_runtime(
+    spec: ClassificationSpec, scale: ClassificationScale, pretrained: str | None
+) -> dict[str, Any]:
+    head = spec.decoupled if spec.decoupled in ("lws", "tau_norm", "ncm") else "linear"
+    return {
         "default_scope": "mmdet",
         "model": {
             "type": "LongTailClassifier",
@@ -246,36 +284,25 @@ def _config(
         "resume": False,
         "randomness": {"seed": spec.seed},
     }
-    if spec.decoupled in ("ncm", "tau_norm"):
-        config["seesaw"]["job"] = "evaluate"
-        config["custom_hooks"].append(
-            {
-                "type": "PosthocClassifierHook",
-                "train_split_file": split("train"),
-                "val_split_file": split("val"),
-            }
-        )
-        config.update(
-            test_dataloader=test_loader, test_evaluator=evaluator, test_cfg={"type": "TestLoop"}
-        )
-        return config
+
+
+def _training(spec: ClassificationSpec, scale: ClassificationScale) -> dict[str, Any]:
+    """SGD with a cosine schedule; a decoupled run fine-tunes on class-balanced batches."""
     epochs = scale.finetune_epochs if spec.decoupled else scale.epochs
     sampler = (
         {"type": "ClassBalancedSampler"}
         if spec.decoupled
         else {"type": "DefaultSampler", "shuffle": True}
     )
-    config.update(
-        train_dataloader=loader("train", True, sampler),
-        val_dataloader=test_loader,
-        val_evaluator=evaluator,
-        train_cfg={"type": "EpochBasedTrainLoop", "max_epochs": epochs, "val_interval": epochs},
-        val_cfg={"type": "ValLoop"},
-        optim_wrapper={
+    return {
+        "train_dataloader": _loader(scale, "train", True, sampler),
+        "train_cfg": {"type": "EpochBasedTrainLoop", "max_epochs": epochs, "val_interval": epochs},
+        "val_cfg": {"type": "ValLoop"},
+        "optim_wrapper": {
             "type": "OptimWrapper",
             "optimizer": {"type": "SGD", "lr": scale.lr, "momentum": 0.9, "weight_decay": 5e-4},
         },
-        param_scheduler=[
+        "param_scheduler": [
             {
                 "type": "CosineAnnealingLR",
                 "T_max": epochs,
@@ -285,19 +312,5 @@ def _config(
                 "convert_to_iter_based": True,
             }
         ],
-        auto_scale_lr={"enable": True, "base_batch_size": scale.total_batch},
-    )
-    if spec.decoupled:  # crt, lws: only the classifier or the scales learn
-        config["custom_hooks"].append(
-            {
-                "type": "ClassifierFinetuneHook",
-                "scope": "",
-                "trainable": "classifier" if spec.decoupled == "crt" else "scales",
-                "fresh": spec.decoupled == "crt",
-            }
-        )
-        config["model_wrapper_cfg"] = {
-            "type": "MMDistributedDataParallel",
-            "find_unused_parameters": True,
-        }
-    return config
+        "auto_scale_lr": {"enable": True, "base_batch_size": scale.total_batch},
+    }
