@@ -458,6 +458,34 @@ def doctor(
         raise typer.Exit(2)
 
 
+REPORT_FORMAT = typer.Option(
+    "rich",
+    "--format",
+    help="rich (terminal), markdown, latex (a table* float), csv, or html: one "
+    "self-contained page with a summary of verdicts, every table, its claims, the figures "
+    "whose runs are done and an appendix of runs (its config links are relative to --out).",
+)
+REPORT_VIEW = typer.Option(
+    "auto",
+    "--view",
+    help="absolute (our numbers beside the paper's), effects (each row against its "
+    "baseline row, paired by seed, beside the paper's effect, with a verdict), both, or "
+    "auto: effects on the tiny preset, both on the paper preset.",
+)
+REPORT_CLAIMS = typer.Option(
+    False,
+    "--claims",
+    help="List only the paper's claims about the tables, each with its verdict, and the "
+    "count per verdict.",
+)
+REPORT_DATA_ROOT = typer.Option(
+    None,
+    "--data-root",
+    help="Dataset root whose train annotations order the categories of the figures in the "
+    "html page [default: the preset's].",
+)
+
+
 @app.command("report")
 @user_errors
 def report_command(
@@ -466,34 +494,12 @@ def report_command(
     ),
     preset: str = PRESET,
     work_dir: Path = WORK_DIR,
-    fmt: str = typer.Option(
-        "rich",
-        "--format",
-        help="rich (terminal), markdown, latex (a table* float), csv, or html: one "
-        "self-contained page with a summary of verdicts, every table, its claims, the figures "
-        "whose runs are done and an appendix of runs (its config links are relative to --out).",
-    ),
+    fmt: str = REPORT_FORMAT,
     out: Path | None = typer.Option(None, "--out", help="Write to this file, not stdout."),
     seeds: str | None = SEEDS,
-    view: str = typer.Option(
-        "auto",
-        "--view",
-        help="absolute (our numbers beside the paper's), effects (each row against its "
-        "baseline row, paired by seed, beside the paper's effect, with a verdict), both, or "
-        "auto: effects on the tiny preset, both on the paper preset.",
-    ),
-    claims_only: bool = typer.Option(
-        False,
-        "--claims",
-        help="List only the paper's claims about the tables, each with its verdict, and the "
-        "count per verdict.",
-    ),
-    data_root: Path | None = typer.Option(
-        None,
-        "--data-root",
-        help="Dataset root whose train annotations order the categories of the figures in the "
-        "html page [default: the preset's].",
-    ),
+    view: str = REPORT_VIEW,
+    claims_only: bool = REPORT_CLAIMS,
+    data_root: Path | None = REPORT_DATA_ROOT,
 ) -> None:
     """Show tables as the paper lays them out, then what the paper claims of them.
 
@@ -504,8 +510,6 @@ def report_command(
     a cron job): a run whose Slurm job ended without a word shows its last recorded state
     until `seesaw status` or `seesaw repro` asks Slurm.
     """
-    import pandas as pd
-
     from seesaw_repro import report, runs
 
     if fmt not in (*report.FORMATS, "html"):
@@ -513,40 +517,45 @@ def report_command(
         raise UserError(f"unknown --format {fmt!r}: use one of {formats}")
     tables = _tables(table)
     seed_list = _seeds(seeds, work_dir)
-    planned = runs.plan_tables(tables, preset, seed_list)
     frames = [(t, report.compare(t, preset, work_dir, seed_list)) for t in tables]
     if fmt == "html":
         if claims_only:
             raise UserError("--claims has no html form: the html page lists each table's claims")
         from seesaw_repro import html_report
 
-        page_dir = out.parent if out else Path.cwd()
+        planned = runs.plan_tables(tables, preset, seed_list)
         train_ann = _train_annotations(preset, data_root, work_dir)
+        page_dir = out.parent if out else Path.cwd()
         page = html_report.render(
             frames, planned, preset, seed_list, work_dir, train_ann, page_dir, view
         )
         _write_or_print(page, out)
-        return
-    if claims_only:
-        found = [report.claims(t, frame) for t, frame in frames if t.claims]
-        if not found:
-            raise UserError(f"the recipe of {table} lists no claims of the paper")
-        every = pd.concat(found, ignore_index=True)
-        if fmt == "rich":
-            screen = Console(file=io.StringIO(), width=160, record=True) if out else Console()
-            report.render_claims(every, screen, title="The paper's claims")
-            text = screen.export_text() if out else None
-        else:
-            text = report.format_claims(every, fmt)
-        _write_or_print(text, out)
-        return
-    if fmt == "rich":
+    elif claims_only:
+        _write_or_print(_claims_text(table, frames, fmt, out is not None), out)
+    elif fmt == "rich":
         screen = Console(file=io.StringIO(), width=120, record=True) if out else Console()
         for spec_table, frame in frames:
             report.render(spec_table, frame, preset, screen, view)
         _write_or_print(screen.export_text() if out else None, out)
-        return
-    _write_or_print(report.format_text(frames, preset, fmt, view), out)
+    else:
+        _write_or_print(report.format_text(frames, preset, fmt, view), out)
+
+
+def _claims_text(table: str, frames: list, fmt: str, to_file: bool) -> str | None:
+    """The claims of the tables in `frames` with their verdicts, in `fmt` (None: printed)."""
+    import pandas as pd
+
+    from seesaw_repro import report
+
+    found = [report.claims(t, frame) for t, frame in frames if t.claims]
+    if not found:
+        raise UserError(f"the recipe of {table} lists no claims of the paper")
+    every = pd.concat(found, ignore_index=True)
+    if fmt != "rich":
+        return report.format_claims(every, fmt)
+    screen = Console(file=io.StringIO(), width=160, record=True) if to_file else Console()
+    report.render_claims(every, screen, title="The paper's claims")
+    return screen.export_text() if to_file else None
 
 
 def _write_or_print(text: str | None, out: Path | None) -> None:
