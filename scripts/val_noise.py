@@ -24,10 +24,11 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from seesaw_repro import mmdet_plugin, presets, recipes, runs, synth  # noqa: F401 (registers)
+from seesaw_repro.hooks import LVIS_METRICS
 from seesaw_repro.runs import RunDir
 from seesaw_repro.verdicts import paired_effect
 
-METRICS = {"AP": "lvis/segm_AP", "AP_r": "lvis/segm_APr", "AP_f": "lvis/segm_APf"}
+METRICS = {column: key for key, column in LVIS_METRICS.items() if column in ("AP", "AP_r", "AP_f")}
 
 
 def evaluate(

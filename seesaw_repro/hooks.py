@@ -19,6 +19,8 @@ from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 
 from .files import write_json_atomic, write_text_atomic
+from .imagenet_lt import CLASSIFICATION_COLUMNS
+from .lvis_eval import LVIS_COLUMNS, column_key
 from .run_folder import (
     CLASSIFICATION_ACCURACY_FILE,
     GRADIENT_STATS_FILE,
@@ -28,21 +30,11 @@ from .run_folder import (
     checkpoint_name,
 )
 
-# mmdet's LVISMetric names (prefix "lvis/", values in [0, 1]) -> the paper's columns, in percent.
-LVIS_METRICS = {
-    "lvis/segm_AP": "AP",
-    "lvis/segm_APr": "AP_r",
-    "lvis/segm_APc": "AP_c",
-    "lvis/segm_APf": "AP_f",
-    "lvis/bbox_AP": "AP_box",
-}
-# classification.ShotGroupAccuracy's names -> Tables 10-11's columns.
-CLASSIFICATION_METRICS = {
-    "imagenet_lt/top1": "top1",
-    "imagenet_lt/many": "many",
-    "imagenet_lt/medium": "medium",
-    "imagenet_lt/few": "few",
-}
+# The evaluator's keys (mmdet's LVISMetric names with its prefix "lvis/", values in [0, 1])
+# -> the paper's columns, in percent.
+LVIS_METRICS = {f"lvis/{column_key(column)}": column for column in LVIS_COLUMNS}
+# classification.ShotGroupAccuracy's keys -> Tables 10-11's columns.
+CLASSIFICATION_METRICS = {f"imagenet_lt/{c}": c for c in CLASSIFICATION_COLUMNS}
 
 
 SPEED_METRIC = "speed/fps"  # InferenceSpeedHook's, images per second (Table 13)

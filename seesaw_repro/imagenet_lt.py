@@ -23,6 +23,8 @@ SPLIT_LINES = {"train": 115_846, "val": 20_000, "test": 50_000}  # ImageNet-LT's
 MANY_SHOT_MIN = 101  # the paper: many shot > 100 training images, few shot < 20
 FEW_SHOT_MAX = 19
 SHOT_GROUPS = ("many", "medium", "few")
+# Tables 10-11's columns: the names metrics.json and the report use.
+CLASSIFICATION_COLUMNS = ("top1", *SHOT_GROUPS)
 
 
 def split_file(root: Path, split: str) -> Path:

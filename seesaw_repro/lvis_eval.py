@@ -46,6 +46,21 @@ IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 LARGEST_AREA = 1e10  # lvis-api's area range "all" is [0, 1e10]
 FREQUENCY_GROUPS = {"r": "AP_r", "c": "AP_c", "f": "AP_f"}
+# The paper's LVIS columns: the names metrics.json, the report and the recipes use. AP and its
+# frequency groups are mask AP; AP_box is box AP.
+LVIS_COLUMNS = ("AP", *FREQUENCY_GROUPS.values(), "AP_box")
+
+
+def mmdet_key(iou_type: str, name: str) -> str:
+    """mmdet's LVISMetric key of an `evaluate` result: ("segm", "AP_r") -> "segm_APr"."""
+    return f"{iou_type}_{name.replace('_', '')}"
+
+
+def column_key(column: str) -> str:
+    """mmdet's LVISMetric key of a paper column: "AP_r" -> "segm_APr", "AP_box" -> "bbox_AP"."""
+    return mmdet_key("bbox", "AP") if column == "AP_box" else mmdet_key("segm", column)
+
+
 BUCKET_CELLS = 1 << 22  # (pair, detection, ground truth) cells matched at once: bounds memory
 
 

@@ -9,7 +9,7 @@ from mmdet.evaluation import LVISMetric
 from mmdet.registry import METRICS
 
 from .files import write_json_atomic
-from .lvis_eval import FREQUENCY_GROUPS, evaluate
+from .lvis_eval import FREQUENCY_GROUPS, evaluate, mmdet_key
 
 
 @METRICS.register_module()
@@ -35,11 +35,8 @@ class FastLVISMetric(LVISMetric):
             found, per_category = {}, {}
             for metric in self.metrics:
                 evaluation = evaluate(Path(self.ann_file), Path(files[metric]), metric)
-                for ours, theirs in (
-                    ("AP", "AP"),
-                    *((v, f"AP{k}") for k, v in FREQUENCY_GROUPS.items()),
-                ):
-                    found[f"{metric}_{theirs}"] = evaluation[ours]
+                for name in ("AP", *FREQUENCY_GROUPS.values()):
+                    found[mmdet_key(metric, name)] = evaluation[name]
                 per_category[metric] = evaluation["per_category"]
         if self.per_category_file:
             write_json_atomic(Path(self.per_category_file), per_category)

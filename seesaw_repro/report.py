@@ -15,14 +15,18 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from . import configs, provenance, verdicts
+from .imagenet_lt import CLASSIFICATION_COLUMNS
+from .lvis_eval import LVIS_COLUMNS
 from .presets import SMOKE, SMOKE_EVAL_IMAGES, SMOKE_TRAIN_IMAGES
 from .recipes import RecipeError, Table
 from .runs import RunDir, server_results
 
 # The columns of a task's tables, as metrics.json names them -> as the paper heads them.
 METRICS = {
-    "lvis": {"AP": "AP", "AP_r": "AP_r", "AP_c": "AP_c", "AP_f": "AP_f", "AP_box": "AP^box"},
-    "imagenet_lt": {"top1": "Overall", "many": "Many", "medium": "Medium", "few": "Few"},
+    "lvis": dict(zip(LVIS_COLUMNS, ("AP", "AP_r", "AP_c", "AP_f", "AP^box"), strict=True)),
+    "imagenet_lt": dict(
+        zip(CLASSIFICATION_COLUMNS, ("Overall", "Many", "Medium", "Few"), strict=True)
+    ),
 }
 EXTRA_HEADERS = {"fps": "FPS"}
 
