@@ -148,143 +148,198 @@ def run_local(
     id -> final state ("waiting" for a run whose needed run Slurm has queued). A run that
     another process here trains is waited for, and so are the runs that need it."""
     slots = gpu_slots(gpus_per_run, jobs)
-    console = console or Console(stderr=True)
-    states: dict[str, str] = {}
-    pending: list[tuple[PlannedRun, RunDir]] = []
-    # Runs another process on this machine trains (it holds their lock): their end is
-    # awaited as this process's own, so that runs needing them start after them here.
-    watched: list[tuple[PlannedRun, RunDir]] = []
-    for run, action in triage(runs, work_dir, retry_failed, force):
-        run_dir = RunDir(work_dir, run.run_id)
-        if action == "elsewhere" and run_dir.is_locked():
-            action = "watch"
-        elif action == "redo":
-            run_dir.archive()
-        if action not in SKIPPED and not run_dir.queue(run, data_root):
-            action = "watch"  # another `repro` started it since triage
-        if action in SKIPPED:
-            states[run.run_id] = {"elsewhere": "running", "watch": "elsewhere"}.get(action, action)
-            _say_skipped(console, run, action)
-        if action == "watch":
-            watched.append((run, run_dir))
-        elif action not in SKIPPED:
-            pending.append((run, run_dir))
-    if not pending and not watched:
-        return states
-
+    local = _LocalRuns(work_dir, data_root, slots, console or Console(stderr=True))
+    local.sort(triage(runs, work_dir, retry_failed, force))
+    if not local.pending and not local.watched:
+        return local.states
     processes = len(slots) * (gpus_per_run or cpu_processes())  # at once, each its cores
     threads = max(1, (os.cpu_count() or 1) // processes)
-    active: list[_Active] = []
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        to_train = len(pending)
-        overall = progress.add_task(f"{to_train} run(s) to train", total=to_train)
+    with Progress(*PROGRESS_COLUMNS, console=local.console, transient=False) as progress:
+        local.show(progress)
         try:
-            while pending or active or watched:
-                for run, run_dir in [item for item in watched if not item[1].is_locked()]:
-                    watched.remove((run, run_dir))
-                    state = "done" if run_dir.is_done() else run_dir.status()["state"]
-                    if state not in FINAL_STATES and run_dir.queue(run, data_root):
-                        # the lock's holder left it untrained (a probe, a job that exited
-                        # at once): train it here
-                        pending.append((run, run_dir))
-                        to_train += 1
-                        progress.update(overall, total=to_train)
-                        continue
-                    if state not in FINAL_STATES:
-                        watched.append((run, run_dir))  # locked again by another job
-                        continue
-                    states[run.run_id] = state
-                    colour = "green" if state == "done" else "red"
-                    console.print(f"[{colour}]{state}[/] {run.run_id}: in another process")
-                stalled = not active and not watched and _ready(pending, states) is None
-                for run, run_dir in _blocked(pending, states, stalled):
-                    pending.remove((run, run_dir))
-                    progress.update(overall, advance=1)
-                    needs = ", ".join(run.needs)
-                    if any(states.get(n) == "running" for n in run.needs):
-                        # Its parent trains elsewhere: this run starts on a later `seesaw repro`.
-                        states[run.run_id] = "waiting"
-                        run_dir.set_status("queued", reason=f"waits for {needs}")
-                        console.print(
-                            f"[yellow]waiting[/] {run.run_id}: needs {needs}, which another "
-                            "process is training; run this command again when it is done"
-                        )
-                        continue
-                    reason = failed_dependency(run.needs)
-                    run_dir.set_status("failed", reason=reason, ended=time.time())
-                    states[run.run_id] = "failed"
-                    console.print(
-                        f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {escape(reason)}"
-                    )
-                while slots and (ready := _ready(pending, states)):
-                    run, run_dir = ready
-                    pending.remove(ready)
-                    gpus = slots.pop()
-                    process, log = _launch(run_dir, threads, gpus)  # it records "running"
-                    # Epoch-based configs learn their iteration count from the first
-                    # progress file (it depends on the dataset's size).
-                    total = run.config.get("train_cfg", {}).get("max_iters")
-                    task = progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
-                    active.append(_Active(run, run_dir, process, task, log, gpus))
+            while local.pending or local.active or local.watched:
+                local.take_back_watched()
+                local.settle_blocked()
+                local.launch_ready(threads)
                 time.sleep(0.5)
-                for item in list(active):
-                    info = item.run_dir.progress()
-                    if info:
-                        phase = " (evaluating)" if info["phase"] == "eval" else ""
-                        progress.update(
-                            item.task,
-                            completed=info["iter"],
-                            total=info["max_iters"],
-                            description=f"{item.run.run_id} {item.run.rows[0]}{phase}",
-                        )
-                    code = item.process.poll()
-                    if code is None:
-                        continue
-                    item.log.close()
-                    active.remove(item)
-                    slots.append(item.gpus)
-                    progress.update(overall, advance=1)
-                    if code == LOCKED:  # another process took the run between triage and now
-                        states[item.run.run_id] = "elsewhere"
-                        watched.append((item.run, item.run_dir))
-                        _say_skipped(console, item.run, "watch")
-                        continue
-                    state = item.run_dir.status()["state"]
-                    killed = {}
-                    if state == "running":  # killed before it could record its end itself
-                        state = "cancelled" if code == -signal.SIGTERM else "failed"
-                        killed = {"reason": f"the job was killed (exit code {code})"}
-                    item.run_dir.set_status(state, returncode=code, ended=time.time(), **killed)
-                    states[item.run.run_id] = state
-                    if state != "done":
-                        reason = item.run_dir.status().get("reason", f"exit code {code}")
-                        console.print(
-                            f"[red]{state}[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
-                            + escape(f"{reason}; see {item.run_dir.log_file}")
-                        )
+                local.collect_ended()
         except KeyboardInterrupt:
-            # The jobs stop; their checkpoints stay, and the next `seesaw repro` resumes them.
-            for item in active:
-                item.process.terminate()
-            for item in active:
-                item.process.wait()
-                item.log.close()
-            for run, run_dir in [(item.run, item.run_dir) for item in active] + pending:
-                run_dir.set_status("cancelled", ended=time.time())
-                states[run.run_id] = "cancelled"
-            console.print(f"[yellow]interrupted:[/] {len(active) + len(pending)} run(s) cancelled")
+            local.cancel_all()
             raise
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
-    return states
+    return local.states
+
+
+PROGRESS_COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    MofNCompleteColumn(),
+    TimeElapsedColumn(),
+    TimeRemainingColumn(),
+)
+
+
+class _LocalRuns:
+    """What one `run_local` call tracks: runs pending, training here (active), or trained by
+    another process here (watched: their end is awaited as this process's own, so that runs
+    needing them start after them here); each run's final state; the free device slots."""
+
+    def __init__(
+        self, work_dir: Path, data_root: Path, slots: list[list[str]], console: Console
+    ) -> None:
+        self.work_dir = work_dir
+        self.data_root = data_root
+        self.slots = slots
+        self.console = console
+        self.states: dict[str, str] = {}
+        self.pending: list[tuple[PlannedRun, RunDir]] = []
+        self.watched: list[tuple[PlannedRun, RunDir]] = []
+        self.active: list[_Active] = []
+        self.progress: Progress | None = None
+        self.overall = TaskID(0)
+        self.to_train = 0
+
+    def sort(self, triaged: list[tuple[PlannedRun, str]]) -> None:
+        """Queue the runs to train, watch those another process here trains, skip the rest."""
+        for run, action in triaged:
+            run_dir = RunDir(self.work_dir, run.run_id)
+            if action == "elsewhere" and run_dir.is_locked():
+                action = "watch"
+            elif action == "redo":
+                run_dir.archive()
+            if action not in SKIPPED and not run_dir.queue(run, self.data_root):
+                action = "watch"  # another `repro` started it since triage
+            if action in SKIPPED:
+                state = {"elsewhere": "running", "watch": "elsewhere"}.get(action, action)
+                self.states[run.run_id] = state
+                _say_skipped(self.console, run, action)
+            if action == "watch":
+                self.watched.append((run, run_dir))
+            elif action not in SKIPPED:
+                self.pending.append((run, run_dir))
+
+    def show(self, progress: Progress) -> None:
+        """Start the overall bar; each launched run adds its own."""
+        self.progress = progress
+        self.to_train = len(self.pending)
+        self.overall = progress.add_task(f"{self.to_train} run(s) to train", total=self.to_train)
+
+    def _advance(self) -> None:
+        assert self.progress is not None
+        self.progress.update(self.overall, advance=1)
+
+    def take_back_watched(self) -> None:
+        """Watched runs whose lock was released: record their end, or train them here when
+        the lock's holder left them untrained (a probe, a job that exited at once)."""
+        assert self.progress is not None
+        for run, run_dir in [item for item in self.watched if not item[1].is_locked()]:
+            self.watched.remove((run, run_dir))
+            state = "done" if run_dir.is_done() else run_dir.status()["state"]
+            if state not in FINAL_STATES and run_dir.queue(run, self.data_root):
+                self.pending.append((run, run_dir))
+                self.to_train += 1
+                self.progress.update(self.overall, total=self.to_train)
+            elif state not in FINAL_STATES:
+                self.watched.append((run, run_dir))  # locked again by another job
+            else:
+                self.states[run.run_id] = state
+                colour = "green" if state == "done" else "red"
+                self.console.print(f"[{colour}]{state}[/] {run.run_id}: in another process")
+
+    def settle_blocked(self) -> None:
+        """Pending runs that can never start here: failed (a needed run failed), or left
+        waiting when a needed run trains elsewhere (a later `seesaw repro` starts them)."""
+        stalled = not self.active and not self.watched and _ready(self.pending, self.states) is None
+        for run, run_dir in _blocked(self.pending, self.states, stalled):
+            self.pending.remove((run, run_dir))
+            self._advance()
+            needs = ", ".join(run.needs)
+            if any(self.states.get(n) == "running" for n in run.needs):
+                self.states[run.run_id] = "waiting"
+                run_dir.set_status("queued", reason=f"waits for {needs}")
+                self.console.print(
+                    f"[yellow]waiting[/] {run.run_id}: needs {needs}, which another "
+                    "process is training; run this command again when it is done"
+                )
+                continue
+            reason = failed_dependency(run.needs)
+            run_dir.set_status("failed", reason=reason, ended=time.time())
+            self.states[run.run_id] = "failed"
+            self.console.print(
+                f"[red]failed[/] {run.run_id} ({', '.join(run.rows)}): {escape(reason)}"
+            )
+
+    def launch_ready(self, threads: int) -> None:
+        """Start the runs whose needed runs are done, while device slots are free."""
+        assert self.progress is not None
+        while self.slots and (ready := _ready(self.pending, self.states)):
+            run, run_dir = ready
+            self.pending.remove(ready)
+            gpus = self.slots.pop()
+            process, log = _launch(run_dir, threads, gpus)  # it records "running"
+            # Epoch-based configs learn their iteration count from the first progress file
+            # (it depends on the dataset's size).
+            total = run.config.get("train_cfg", {}).get("max_iters")
+            task = self.progress.add_task(f"{run.run_id} {run.rows[0]}", total=total)
+            self.active.append(_Active(run, run_dir, process, task, log, gpus))
+
+    def collect_ended(self) -> None:
+        """Show each active run's progress; record the state of those whose process ended."""
+        assert self.progress is not None
+        for item in list(self.active):
+            info = item.run_dir.progress()
+            if info:
+                phase = " (evaluating)" if info["phase"] == "eval" else ""
+                self.progress.update(
+                    item.task,
+                    completed=info["iter"],
+                    total=info["max_iters"],
+                    description=f"{item.run.run_id} {item.run.rows[0]}{phase}",
+                )
+            code = item.process.poll()
+            if code is not None:
+                self._ended(item, code)
+
+    def _ended(self, item: _Active, code: int) -> None:
+        item.log.close()
+        self.active.remove(item)
+        self.slots.append(item.gpus)
+        self._advance()
+        if code == LOCKED:  # another process took the run between triage and now
+            self.states[item.run.run_id] = "elsewhere"
+            self.watched.append((item.run, item.run_dir))
+            _say_skipped(self.console, item.run, "watch")
+            return
+        state = item.run_dir.status()["state"]
+        killed = {}
+        if state == "running":  # killed before it could record its end itself
+            state = "cancelled" if code == -signal.SIGTERM else "failed"
+            killed = {"reason": f"the job was killed (exit code {code})"}
+        item.run_dir.set_status(state, returncode=code, ended=time.time(), **killed)
+        self.states[item.run.run_id] = state
+        if state != "done":
+            reason = item.run_dir.status().get("reason", f"exit code {code}")
+            self.console.print(
+                f"[red]{state}[/] {item.run.run_id} ({', '.join(item.run.rows)}): "
+                + escape(f"{reason}; see {item.run_dir.log_file}")
+            )
+
+    def cancel_all(self) -> None:
+        """Ctrl-C or SIGTERM: the jobs stop; their checkpoints stay, and the next
+        `seesaw repro` resumes them."""
+        for item in self.active:
+            item.process.terminate()
+        for item in self.active:
+            item.process.wait()
+            item.log.close()
+        for run, run_dir in [(item.run, item.run_dir) for item in self.active] + self.pending:
+            run_dir.set_status("cancelled", ended=time.time())
+            self.states[run.run_id] = "cancelled"
+        self.console.print(
+            f"[yellow]interrupted:[/] {len(self.active) + len(self.pending)} run(s) cancelled"
+        )
 
 
 def _ready(
