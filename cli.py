@@ -20,7 +20,7 @@ from rich.markup import escape
 from seesaw_repro.errors import UserError
 
 if TYPE_CHECKING:
-    from seesaw_repro.recipes import Table
+    from seesaw_repro.paper.recipes import Table
 
 app = typer.Typer(
     help=__doc__
@@ -77,7 +77,7 @@ SEEDS = typer.Option(None, "--seeds", help=SEEDS_HELP + " [default: the seeds in
 
 
 def _seeds(text: str | None, work_dir: Path) -> list[int]:
-    from seesaw_repro import runs
+    from seesaw_repro.execution import runs
 
     return runs.parse_seeds(text) if text is not None else runs.seeds_in(work_dir)
 
@@ -120,7 +120,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def _data_root(
     task: str, preset_name: str, data_root: Path | None, work_dir: Path, specs: list
 ) -> Path:
-    from seesaw_repro import configs
+    from seesaw_repro.paper import configs
 
     with console.status("Preparing the dataset (the tiny preset generates it once) ..."):
         return configs.prepare_data(task, preset_name, data_root, work_dir, specs)
@@ -264,7 +264,9 @@ def repro(
     Runs already done are skipped; a run that was stopped resumes from its newest checkpoint;
     a run that another `seesaw repro` trains, or that Slurm has queued, is left to it.
     """
-    from seesaw_repro import executors, recipes, report, runs, slurm
+    from seesaw_repro.execution import executors, runs, slurm
+    from seesaw_repro.paper import recipes
+    from seesaw_repro.reporting import report
 
     _check_executor(executor)
     spec_table = recipes.load_table(table)
@@ -320,7 +322,7 @@ def repro(
 
 def _print_triage(planned: list, work_dir: Path, retry_failed: bool, force: bool) -> None:
     """--dry-run: what `repro` would do with each run, and after which runs."""
-    from seesaw_repro import executors
+    from seesaw_repro.execution import executors
 
     for run, action in executors.triage(planned, work_dir, retry_failed, force):
         needs = f" after {', '.join(run.needs)}" if run.needs else ""
@@ -331,7 +333,7 @@ def _print_table_and_failures(
     spec_table: Table, preset: str, work_dir: Path, seeds: list[int], states: dict[str, str]
 ) -> None:
     """The table beside the paper's; exit code 1 when some run did not finish."""
-    from seesaw_repro import report
+    from seesaw_repro.reporting import report
 
     frame = report.compare(spec_table, preset, work_dir, seeds)
     report.render(spec_table, frame, preset, Console())
@@ -343,7 +345,7 @@ def _print_table_and_failures(
 
 def _smoke_preset(preset: str, table: Table) -> str:
     """The smoke preset of `preset` for `table`'s runs, or why there is none."""
-    from seesaw_repro import presets
+    from seesaw_repro.paper import presets
 
     if table.task != "lvis":
         raise UserError(
@@ -367,7 +369,7 @@ def _enable_tensorboard() -> None:
     environment on) add mmengine's TensorBoard backend to their visualizer."""
     import importlib.util
 
-    from seesaw_repro.runs import TENSORBOARD
+    from seesaw_repro.execution.runs import TENSORBOARD
 
     if importlib.util.find_spec("tensorboard") is None:
         raise UserError(
@@ -378,7 +380,8 @@ def _enable_tensorboard() -> None:
 
 def _check_budget(triaged: list, budget: float, preset: str) -> None:
     """Stop when the runs `triaged` would train are estimated to cost more than `budget`."""
-    from seesaw_repro import configs, executors, runs
+    from seesaw_repro.execution import executors, runs
+    from seesaw_repro.paper import configs
 
     to_train = [run for run, action in triaged if action in executors.TRAINS]
     cost = sum(runs.cost(run) for run in to_train)
@@ -394,8 +397,8 @@ def _check_budget(triaged: list, budget: float, preset: str) -> None:
 def _require_pretrained(planned: list, work_dir: Path, table: str) -> None:
     """Stop before anything is trained or submitted when a run still to train needs a
     pretrained checkpoint that is not in the cache (its job would fail at once)."""
-    from seesaw_repro import pretrained
-    from seesaw_repro.runs import RunDir
+    from seesaw_repro.data import pretrained
+    from seesaw_repro.execution.runs import RunDir
 
     to_train = [run for run in planned if not RunDir(work_dir, run.run_id).is_done()]
     pretrained.require(pretrained.names_in([run.config for run in to_train]), table)
@@ -510,7 +513,8 @@ def report_command(
     a cron job): a run whose Slurm job ended without a word shows its last recorded state
     until `seesaw status` or `seesaw repro` asks Slurm.
     """
-    from seesaw_repro import report, runs
+    from seesaw_repro.execution import runs
+    from seesaw_repro.reporting import report
 
     if fmt not in (*report.FORMATS, "html"):
         formats = ", ".join((*report.FORMATS, "html"))
@@ -521,7 +525,7 @@ def report_command(
     if fmt == "html":
         if claims_only:
             raise UserError("--claims has no html form: the html page lists each table's claims")
-        from seesaw_repro import html_report
+        from seesaw_repro.reporting import html_report
 
         planned = runs.plan_tables(tables, preset, seed_list)
         train_ann = _train_annotations(preset, data_root, work_dir)
@@ -545,7 +549,7 @@ def _claims_text(table: str, frames: list, fmt: str, to_file: bool) -> str | Non
     """The claims of the tables in `frames` with their verdicts, in `fmt` (None: printed)."""
     import pandas as pd
 
-    from seesaw_repro import report
+    from seesaw_repro.reporting import report
 
     found = [report.claims(t, frame) for t, frame in frames if t.claims]
     if not found:
@@ -584,7 +588,7 @@ def collect(
     One row per run, table row and metric: run id, preset, table, row, metric, value, split,
     status, suite version.
     """
-    from seesaw_repro import results
+    from seesaw_repro.reporting import results
 
     frame = results.collect(work_dir)
     written = results.save(frame, out)
@@ -611,7 +615,7 @@ def status(
     """
     from rich.table import Table as RichTable
 
-    from seesaw_repro import runs, slurm
+    from seesaw_repro.execution import runs, slurm
 
     planned = runs.plan_tables(_tables(table), preset, _seeds(seeds, work_dir))
     run_dirs = [runs.RunDir(work_dir, run.run_id) for run in planned]
@@ -660,7 +664,7 @@ def cancel(
     They keep their checkpoints (the iteration they were at), and the next `seesaw repro`
     resumes them.
     """
-    from seesaw_repro import executors, runs, slurm
+    from seesaw_repro.execution import executors, runs, slurm
 
     stopped = []
     for run in runs.plan_tables(_tables(table), preset, _seeds(seeds, work_dir)):
@@ -673,7 +677,7 @@ def cancel(
 
 
 def _tables(table: str) -> list:
-    from seesaw_repro import recipes
+    from seesaw_repro.paper import recipes
 
     if table.strip().lower() == "all":
         names = recipes.known_tables() + recipes.known_figures()
@@ -692,11 +696,12 @@ def plan(
     """List the runs a table needs, what each needs first, and their estimated cost.
 
     Rows of different tables with the same config are one run. The cost estimate and its
-    sources are in seesaw_repro/presets.py (`cost` of each preset).
+    sources are in seesaw_repro/paper/presets.py (`cost` of each preset).
     """
     from rich.table import Table as RichTable
 
-    from seesaw_repro import configs, runs
+    from seesaw_repro.execution import runs
+    from seesaw_repro.paper import configs
 
     tables = _tables(table)
     seed_list = runs.parse_seeds(seeds)
@@ -744,9 +749,10 @@ def config(
     writes goes under tools/train.py's --work-dir (default ./work_dirs/NAME), never into the
     run's own folder.
     """
-    from seesaw_repro import configs, runs
     from seesaw_repro.errors import UserError
+    from seesaw_repro.execution import runs
     from seesaw_repro.files import write_text_atomic
+    from seesaw_repro.paper import configs
 
     planned = {r.run_id: r for r in runs.plan_tables(_tables("all"), preset)}
     matches = [rid for rid in planned if rid.startswith(run_id)]
@@ -772,7 +778,7 @@ def config(
 
 def _train_annotations(preset: str, data_root: Path | None, work_dir: Path) -> Path | None:
     """The train annotations under the data root (None: the preset has no default root)."""
-    from seesaw_repro import presets
+    from seesaw_repro.paper import presets
 
     root = data_root or presets.PRESETS[preset].default_data_root(work_dir)
     return root / "annotations" / "lvis_v1_train.json" if root else None
@@ -790,7 +796,7 @@ def _draw(
     figure: str, preset: str, work_dir: Path, data_root: Path | None, out: Path | None
 ) -> None:
     """Draw a figure (plots.draw) and say what was written and what was left out."""
-    from seesaw_repro import plots
+    from seesaw_repro.reporting import plots
 
     train_ann = _train_annotations(preset, data_root, work_dir)
     written, missing = plots.draw(
@@ -858,9 +864,9 @@ def eval_command(
     """Evaluate an LVIS-format detection file: AP, AP_r, AP_c, AP_f in percent.
 
     LVIS semantics (300 detections per image, federated annotation), the numbers lvis-api
-    gives, faster (seesaw_repro/lvis_eval.py).
+    gives, faster (seesaw_repro/evaluation/lvis_eval.py).
     """
-    from seesaw_repro import lvis_eval
+    from seesaw_repro.evaluation import lvis_eval
 
     if not ann.exists():
         raise UserError(f"the annotation file {ann} does not exist")
@@ -883,7 +889,8 @@ def weights_fetch(
     read (torch hub's checkpoints folder; TORCH_HOME moves it). Run it where the internet is
     reachable (a login node): jobs never download, they stop if a file is missing.
     """
-    from seesaw_repro import pretrained, runs
+    from seesaw_repro.data import pretrained
+    from seesaw_repro.execution import runs
 
     planned = runs.plan_tables(_tables(table), preset)
     names = sorted(pretrained.names_in([run.config for run in planned]))
@@ -920,7 +927,8 @@ def data_synth(
     """
     from dataclasses import replace
 
-    from seesaw_repro import presets, synth
+    from seesaw_repro.data import synth
+    from seesaw_repro.paper import presets
 
     if lvis_shaped:
         spec, generate = synth.LvisShapedSpec(seed=seed), synth.generate_lvis_shaped

@@ -16,7 +16,7 @@ import torch
 from mmcv.ops import modulated_deform_conv2d
 from timing import mean_ms  # benchmarks/timing.py
 
-from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
+from seesaw_repro.models.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
 
 
 def main() -> None:

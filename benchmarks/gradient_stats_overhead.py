@@ -20,9 +20,11 @@ from mmdet.registry import DATASETS, MODELS
 from mmdet.utils import register_all_modules
 from mmengine.dataset import pseudo_collate
 
-from seesaw_repro import configs, methods, mmdet_plugin, presets, synth  # noqa: F401  (registers)
-from seesaw_repro.hooks import GradientStatsHook
-from seesaw_repro.losses import ReproSeesawLoss
+from seesaw_repro import mmdet_plugin  # noqa: F401  (registers)
+from seesaw_repro.data import synth
+from seesaw_repro.models.losses import ReproSeesawLoss
+from seesaw_repro.paper import configs, methods, presets
+from seesaw_repro.training.hooks import GradientStatsHook
 
 
 def _step_times(data_root: Path, steps: int) -> tuple[list[float], list[float]]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmdet.models.losses import SeesawLoss
 from timing import mean_ms  # benchmarks/timing.py
 
-from seesaw_repro.losses import ReproSeesawLoss
+from seesaw_repro.models.losses import ReproSeesawLoss
 
 
 def main() -> None:

@@ -118,7 +118,7 @@ def _peak_rss_mb() -> float:
 def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str) -> None:
     """Evaluate with one evaluator; print JSON: seconds, peak MB, AP, AP_r, AP_c, AP_f."""
     if which == "ours":
-        from seesaw_repro.lvis_eval import evaluate
+        from seesaw_repro.evaluation.lvis_eval import evaluate
 
         start = time.perf_counter()
         result = evaluate(Path(ann), Path(dets), iou_type)

@@ -23,10 +23,13 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from seesaw_repro import mmdet_plugin, presets, recipes, runs, synth  # noqa: F401 (registers)
-from seesaw_repro.hooks import LVIS_METRICS
-from seesaw_repro.runs import RunDir
-from seesaw_repro.verdicts import paired_effect
+from seesaw_repro import mmdet_plugin  # noqa: F401 (registers)
+from seesaw_repro.data import synth
+from seesaw_repro.execution import runs
+from seesaw_repro.execution.runs import RunDir
+from seesaw_repro.paper import presets, recipes
+from seesaw_repro.reporting.verdicts import paired_effect
+from seesaw_repro.training.hooks import LVIS_METRICS
 
 METRICS = {column: key for key, column in LVIS_METRICS.items() if column in ("AP", "AP_r", "AP_f")}
 

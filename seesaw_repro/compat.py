@@ -19,8 +19,8 @@ from mmengine.fileio.backends import LocalBackend
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from .errors import UserError
-from .files import write_bytes_atomic
+from seesaw_repro.errors import UserError
+from seesaw_repro.files import write_bytes_atomic
 
 
 def _restore_numpy_float_alias() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, requires, version
 from pathlib import Path
 
-from .errors import UserError
+from seesaw_repro.errors import UserError
 
 # setup.sh installs these two (torch the user's build, mmcv compiled against it); the rest
 # are pinned in pyproject.toml and read from the installed package's requirements.
@@ -130,7 +130,9 @@ def _versions() -> list[Check]:
 
 
 def _table(table: str, preset: str, data_root: Path | None, work_dir: Path) -> list[Check]:
-    from . import configs, pretrained, recipes, runs
+    from seesaw_repro.data import pretrained
+    from seesaw_repro.execution import runs
+    from seesaw_repro.paper import configs, recipes
 
     spec_table = recipes.load_table(table)
     planned = runs.plan(spec_table, preset)
@@ -193,7 +195,7 @@ def checkpoint_bytes(model: dict) -> int:
     from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
 
-    from . import mmdet_plugin  # noqa: F401  (registers the suite's modules)
+    from seesaw_repro import mmdet_plugin  # noqa: F401  (registers the suite's modules)
 
     register_all_modules()
 
@@ -220,7 +222,7 @@ def _checkpoints_saved(config: dict) -> int:
 
 
 def _slurm(profile: Path | None, partition: str | None, gpus: int) -> Check:
-    from . import slurm
+    from seesaw_repro.execution import slurm
 
     try:
         options = slurm.load_options(profile, partition=partition, gpus=gpus)

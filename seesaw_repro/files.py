@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import UserError
+from seesaw_repro.errors import UserError
 
 
 def write_text_atomic(path: Path, text: str) -> None:

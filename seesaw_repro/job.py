@@ -25,12 +25,12 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
-from seesaw_repro import provenance
 from seesaw_repro.errors import UserError
+from seesaw_repro.execution import provenance
+from seesaw_repro.execution.runs import TENSORBOARD, RunDir
 from seesaw_repro.files import try_lock
-from seesaw_repro.hooks import FailOnDivergenceHook, StopOnSignalHook, Stopped
 from seesaw_repro.run_folder import LOCK_FILE, LOCKED, METRICS_FILE
-from seesaw_repro.runs import TENSORBOARD, RunDir
+from seesaw_repro.training.hooks import FailOnDivergenceHook, StopOnSignalHook, Stopped
 
 STOPPED = 128 + signal.SIGTERM  # exit code: stopped by a signal, resumable
 USER_ERROR = 2  # exit code: something the user must fix first (the message says what)

@@ -3,18 +3,17 @@ pretrained backbones and the compatibility fixes, so mmdet's own tools/train.py 
 config written by the suite."""
 
 # importing registers them
-from . import (  # noqa: F401
+from seesaw_repro import compat
+from seesaw_repro.data import pretrained  # noqa: F401
+from seesaw_repro.models import (  # noqa: F401
     carafe,
     classification,
-    compat,
     deform_conv,
-    hooks,
     htc_lite,
     losses,
-    lvis_metric,
-    pretrained,
     tsd,
     tta,
 )
+from seesaw_repro.training import hooks, lvis_metric  # noqa: F401
 
 compat.apply()

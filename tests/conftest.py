@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from seesaw_repro import mmdet_plugin, presets, synth  # noqa: F401  (registers losses, hooks)
+from seesaw_repro import mmdet_plugin  # noqa: F401  (registers losses, hooks)
+from seesaw_repro.data import synth
+from seesaw_repro.paper import presets
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +87,7 @@ def resnest200_shapes() -> dict[str, tuple[int, ...]]:
     source of its names here (the file itself cannot be downloaded in CI)."""
     from mmdet.registry import MODELS
 
-    from seesaw_repro.presets import RESNEST200_DCN
+    from seesaw_repro.paper.presets import RESNEST200_DCN
 
     config = {**RESNEST200_DCN, "dcn": None, "stage_with_dcn": (False,) * 4, "init_cfg": None}
     state = MODELS.build(config).state_dict()
@@ -96,7 +98,7 @@ def resnest200_shapes() -> dict[str, tuple[int, ...]]:
 def _fake_pretrained_home(tmp_path_factory):
     import torch
 
-    from seesaw_repro import pretrained
+    from seesaw_repro.data import pretrained
 
     home = tmp_path_factory.mktemp("torch-home")
     shapes = {

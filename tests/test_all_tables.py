@@ -11,7 +11,9 @@ from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
 from mmdet.utils import register_all_modules
 
-from seesaw_repro import configs, pretrained, recipes, runs
+from seesaw_repro.data import pretrained
+from seesaw_repro.execution import runs
+from seesaw_repro.paper import configs, recipes
 
 register_all_modules()
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from steps import predict_one, train_step
 
-from seesaw_repro import configs, methods
-from seesaw_repro.losses import BalancedGroupSoftmaxLoss
+from seesaw_repro.models.losses import BalancedGroupSoftmaxLoss
+from seesaw_repro.paper import configs, methods
 
 register_all_modules()
 

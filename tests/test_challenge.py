@@ -17,16 +17,16 @@ from mmengine.config import ConfigDict
 from mmengine.registry import DefaultScope
 from mmengine.structures import InstanceData
 
-from seesaw_repro import configs, methods
-from seesaw_repro.carafe import CARAFEUpsample, reassemble
 from seesaw_repro.compat import load_from_local_safely
-from seesaw_repro.deform_conv import DCNv2
-from seesaw_repro.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
-from seesaw_repro.executors import run_local
-from seesaw_repro.recipes import Row, Table, load_table
-from seesaw_repro.runs import RunDir, plan
-from seesaw_repro.tsd import GAMMA, TSDBBoxHead, deform_roi_align
-from seesaw_repro.tta import InstanceTTAModel
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan
+from seesaw_repro.models.carafe import CARAFEUpsample, reassemble
+from seesaw_repro.models.deform_conv import DCNv2
+from seesaw_repro.models.deform_conv import modulated_deform_conv2d as deform_conv_in_torch
+from seesaw_repro.models.tsd import GAMMA, TSDBBoxHead, deform_roi_align
+from seesaw_repro.models.tta import InstanceTTAModel
+from seesaw_repro.paper import configs, methods
+from seesaw_repro.paper.recipes import Row, Table, load_table
 
 K, S, SCALE = 7, 2, 0.25
 ROIS = torch.tensor(

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seesaw_repro import classification as cls
-from seesaw_repro import imagenet_lt
+from seesaw_repro.data import imagenet_lt
 from seesaw_repro.errors import UserError
+from seesaw_repro.models import classification as cls
 
 
 def _split_file(tmp_path, counts):

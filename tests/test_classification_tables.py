@@ -77,11 +77,11 @@ def test_a_classification_run_killed_mid_training_resumes_to_the_uninterrupted_w
 
     import torch
 
-    from seesaw_repro.classification_runs import PRESETS
     from seesaw_repro.compat import load_from_local_safely
-    from seesaw_repro.executors import run_local
-    from seesaw_repro.recipes import load_table
-    from seesaw_repro.runs import RunDir, plan
+    from seesaw_repro.execution.executors import run_local
+    from seesaw_repro.execution.runs import RunDir, plan
+    from seesaw_repro.paper.classification_runs import PRESETS
+    from seesaw_repro.paper.recipes import load_table
 
     data = PRESETS["tiny"].default_data_root(tables_10_and_11)
     run = plan(load_table("table10"), "tiny")[0]  # trained from scratch, 30 epochs

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from seesaw_repro import presets, recipes
 from seesaw_repro.files import write_text_atomic
+from seesaw_repro.paper import presets, recipes
 
 runner = CliRunner()
 
@@ -292,8 +292,10 @@ def test_commands_that_only_plan_or_read_runs_import_no_torch():
     they import leaves torch, mmcv and mmdet (5 s or more) to the training job."""
     code = (
         "import sys, cli\n"
-        "from seesaw_repro import executors, lvis_eval, recipes, report, results, runs, slurm\n"
-        "from seesaw_repro import verdicts\n"
+        "from seesaw_repro.evaluation import lvis_eval\n"
+        "from seesaw_repro.execution import executors, runs, slurm\n"
+        "from seesaw_repro.paper import recipes\n"
+        "from seesaw_repro.reporting import report, results, verdicts\n"
         "print(sorted({'torch', 'mmcv', 'mmdet'} & set(sys.modules)))"
     )
     found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -315,7 +317,7 @@ def test_a_plan_over_budget_is_refused_before_anything_runs(tmp_path):
 def test_report_only_reads_the_work_dir_and_status_asks_slurm(tmp_path, monkeypatch):
     """`seesaw report` is safe from a cron job: it runs no Slurm command (bringing a run's
     state up to date may scancel its job); `seesaw status` does ask Slurm."""
-    from seesaw_repro.runs import RunDir, plan
+    from seesaw_repro.execution.runs import RunDir, plan
 
     calls, fake = tmp_path / "calls", tmp_path / "bin"
     fake.mkdir()

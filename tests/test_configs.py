@@ -6,9 +6,9 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from steps import predict_one, train_step
 
-from seesaw_repro import configs, methods
-from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import plan
+from seesaw_repro.execution.runs import plan
+from seesaw_repro.paper import configs, methods
+from seesaw_repro.paper.recipes import load_table
 
 register_all_modules()
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from seesaw_repro import configs, methods
 from seesaw_repro.compat import load_from_local_safely
-from seesaw_repro.executors import run_local
-from seesaw_repro.recipes import Row, Table, load_table
-from seesaw_repro.runs import RunDir, plan, server_results
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan, server_results
+from seesaw_repro.paper import configs, methods
+from seesaw_repro.paper.recipes import Row, Table, load_table
 
 DE_SEESAW = methods.RunSpec(decoupled="rfs", schedule="1x")
 DE_EQL = methods.RunSpec(decoupled="rfs", schedule="1x", loss="eql", nla=False)
@@ -105,7 +105,7 @@ def test_the_fine_tune_drops_the_classifier_only_from_the_pretrained_model():
 
     from mmengine.logging import MMLogger
 
-    from seesaw_repro.hooks import ClassifierFinetuneHook
+    from seesaw_repro.training.hooks import ClassifierFinetuneHook
 
     hook = ClassifierFinetuneHook()
     runner = SimpleNamespace(logger=MMLogger.get_instance("test"))

@@ -7,8 +7,8 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
-from seesaw_repro import configs, methods
-from seesaw_repro.losses import EqualizationLoss
+from seesaw_repro.models.losses import EqualizationLoss
+from seesaw_repro.paper import configs, methods
 
 register_all_modules()
 

@@ -10,8 +10,9 @@ import torch
 from lvis import LVIS
 from mmdet.evaluation import LVISMetric
 
-from seesaw_repro import compat, synth
-from seesaw_repro.hooks import paper_metrics
+from seesaw_repro import compat
+from seesaw_repro.data import synth
+from seesaw_repro.training.hooks import paper_metrics
 
 
 def _evaluate(root, drop_frequency=None):
@@ -101,7 +102,7 @@ def test_fast_lvis_metric_the_runs_use_gives_lvis_apis_numbers_and_per_category_
 ):
     from lvis import LVISEval, LVISResults
 
-    from seesaw_repro.lvis_metric import FastLVISMetric
+    from seesaw_repro.training.lvis_metric import FastLVISMetric
 
     compat.apply()
     ann_file = str(synth.annotation_paths(quick_data)["val"])

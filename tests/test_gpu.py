@@ -4,9 +4,9 @@ pytorch launcher, NCCL). Skipped where torch sees no CUDA device."""
 import pytest
 import torch
 
-from seesaw_repro.executors import run_local
-from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan
+from seesaw_repro.paper.recipes import load_table
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from torch import nn
 
-from seesaw_repro.hooks import GradientStatsHook
-from seesaw_repro.methods import RunSpec, bbox_head_method
+from seesaw_repro.paper.methods import RunSpec, bbox_head_method
+from seesaw_repro.training.hooks import GradientStatsHook
 
 register_all_modules()
 C = 5

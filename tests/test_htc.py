@@ -10,12 +10,9 @@ from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import ConfigDict
 
-from seesaw_repro import (
-    configs,
-    hooks,
-    methods,
-    mmdet_plugin,  # noqa: F401  (registers HTCLiteRoIHead)
-)
+from seesaw_repro import mmdet_plugin  # noqa: F401  (registers HTCLiteRoIHead)
+from seesaw_repro.paper import configs, methods
+from seesaw_repro.training import hooks
 
 register_all_modules()
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from lvis import LVIS, LVISEval, LVISResults
 
-from seesaw_repro import compat, lvis_eval
+from seesaw_repro import compat
 from seesaw_repro.errors import UserError
+from seesaw_repro.evaluation import lvis_eval
 
 _spec = importlib.util.spec_from_file_location(
     "lvis_eval_speed", Path(__file__).parent.parent / "benchmarks" / "lvis_eval_speed.py"

@@ -5,11 +5,11 @@ from dataclasses import replace
 
 import pytest
 
-from seesaw_repro.executors import run_local
-from seesaw_repro.methods import RunSpec
-from seesaw_repro.recipes import Row, Table
-from seesaw_repro.report import METRICS
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan
+from seesaw_repro.paper.methods import RunSpec
+from seesaw_repro.paper.recipes import Row, Table
+from seesaw_repro.reporting.report import METRICS
 
 LVIS_METRICS = list(METRICS["lvis"])
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from seesaw_repro.recipes import PAPER_DIR, known_tables, load_table
-from seesaw_repro.report import metrics_of
+from seesaw_repro.paper.recipes import PAPER_DIR, known_tables, load_table
+from seesaw_repro.reporting.report import metrics_of
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper" / "seesaw_loss_cvpr2021.txt"
 # Cells the paper states in its prose, not in the table: (table, row) -> (metric, phrase).
@@ -65,8 +65,8 @@ def test_every_recipe_row_has_the_papers_numbers_and_every_paper_row_a_recipe_or
 
 
 def test_figures_are_recipes_whose_runs_are_the_tables_and_have_no_numbers(tmp_path):
-    from seesaw_repro.report import compare
-    from seesaw_repro.runs import plan
+    from seesaw_repro.execution.runs import plan
+    from seesaw_repro.reporting.report import compare
 
     figure3 = load_table("fig 3")
     assert figure3.name == "figure03" and figure3.is_figure

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from seesaw_repro import configs, methods, presets
 from seesaw_repro.errors import UserError
+from seesaw_repro.paper import configs, methods, presets
 
 SHIPPED = sorted((presets.MMDET_CONFIGS / "seesaw_loss").glob("*.py"))
 

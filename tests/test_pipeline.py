@@ -17,14 +17,15 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from seesaw_repro import doctor, presets
+from seesaw_repro import doctor
 from seesaw_repro.compat import load_from_local_safely
-from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import run_local, triage
+from seesaw_repro.execution.executors import run_local, triage
+from seesaw_repro.execution.runs import CPU_PROCS, TENSORBOARD, PlannedRun, RunDir, plan
 from seesaw_repro.job import STOPPED
-from seesaw_repro.recipes import load_table
-from seesaw_repro.report import METRICS, compare
-from seesaw_repro.runs import CPU_PROCS, TENSORBOARD, PlannedRun, RunDir, plan
+from seesaw_repro.paper import presets
+from seesaw_repro.paper.configs import resolve, run_id
+from seesaw_repro.paper.recipes import load_table
+from seesaw_repro.reporting.report import METRICS, compare
 
 LVIS_METRICS = list(METRICS["lvis"])
 
@@ -294,7 +295,7 @@ def test_an_exported_config_trains_with_mmdets_own_tools_train_and_writes_only_t
     from typer.testing import CliRunner
 
     from cli import app
-    from seesaw_repro import classification_runs
+    from seesaw_repro.paper import classification_runs
 
     # `seesaw config` looks the id up among every table's runs, Tables 10-11's too
     tiny = classification_runs.PRESETS["tiny"]

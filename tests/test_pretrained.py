@@ -17,11 +17,14 @@ from mmdet.registry import MODELS
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from seesaw_repro import compat, pretrained, recipes, runs
+from seesaw_repro import compat
+from seesaw_repro.data import pretrained
 from seesaw_repro.errors import UserError
+from seesaw_repro.execution import runs
+from seesaw_repro.execution.runs import RunDir
 from seesaw_repro.job import USER_ERROR
 from seesaw_repro.job import main as job_main
-from seesaw_repro.runs import RunDir
+from seesaw_repro.paper import recipes
 
 NAMES = {"torchvision://resnet50", "torchvision://resnet101", "open-mmlab://resnest200"}
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from seesaw_repro import plots, provenance, recipes, results, verdicts
-from seesaw_repro.executors import run_local
-from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import RunDir, plan, plan_tables
+from seesaw_repro.execution import provenance
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan, plan_tables
+from seesaw_repro.paper import recipes
+from seesaw_repro.paper.recipes import load_table
+from seesaw_repro.reporting import plots, results, verdicts
 
 # Two finished runs of Table 2 (tiny preset), as the job leaves them.
 DONE = {

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from mmdet.models.losses import SeesawLoss
 
-from seesaw_repro.losses import ReproSeesawLoss
+from seesaw_repro.models.losses import ReproSeesawLoss
 
 C = 7
 
@@ -112,7 +112,7 @@ def test_bad_counts_source_is_refused():
 def test_hand_written_backward_passes_gradcheck(objectness):
     # With fixed counts and q = 0 the weights do not depend on the logits, so the loss is a
     # smooth function of them and its numerical gradient must equal the hand-written one.
-    from seesaw_repro.losses import _SeesawCrossEntropy
+    from seesaw_repro.models.losses import _SeesawCrossEntropy
 
     logits, labels, _ = _batch(4, n=12, extra=2 if objectness else 1)
     log_counts = torch.log(torch.tensor([900.0, 300, 80, 20, 5, 2, 1] + [50.0] * 1)).double()

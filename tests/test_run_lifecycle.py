@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from seesaw_repro import presets
-from seesaw_repro.executors import run_local, triage
+from seesaw_repro.execution.executors import run_local, triage
+from seesaw_repro.execution.runs import RunDir, plan
 from seesaw_repro.job import STOPPED
-from seesaw_repro.recipes import load_table
+from seesaw_repro.paper import presets
+from seesaw_repro.paper.recipes import load_table
 from seesaw_repro.run_folder import LOCK_FILE, LOCKED
-from seesaw_repro.runs import RunDir, plan
 
 
 def _run(preset_name: str):
@@ -172,7 +172,7 @@ def test_status_lists_every_run_with_its_state(tmp_path):
 
 @pytest.mark.slow  # starts a training job
 def test_cancel_stops_the_job_and_marks_the_run(tmp_path, quick_data, with_quick_preset):
-    from seesaw_repro.executors import cancel_local
+    from seesaw_repro.execution.executors import cancel_local
 
     run = _run(with_quick_preset.name)
     run_dir = RunDir(tmp_path, run.run_id)

@@ -7,10 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from seesaw_repro import plots, presets
-from seesaw_repro.executors import run_local
-from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan
+from seesaw_repro.paper import presets
+from seesaw_repro.paper.recipes import load_table
+from seesaw_repro.reporting import plots
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 
-from seesaw_repro.methods import RunSpec, bbox_head_method
+from seesaw_repro.paper.methods import RunSpec, bbox_head_method
 
 register_all_modules()
 C = 6

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from seesaw_repro import slurm
-from seesaw_repro.configs import resolve, run_id
-from seesaw_repro.executors import follow, run_local, run_slurm, triage
-from seesaw_repro.recipes import load_table
+from seesaw_repro.execution import slurm
+from seesaw_repro.execution.executors import follow, run_local, run_slurm, triage
+from seesaw_repro.execution.runs import CPU_PROCS, PlannedRun, RunDir, plan
+from seesaw_repro.paper.configs import resolve, run_id
+from seesaw_repro.paper.recipes import load_table
 from seesaw_repro.run_folder import SCRIPT_FILE
-from seesaw_repro.runs import CPU_PROCS, PlannedRun, RunDir, plan
 
 pytestmark = pytest.mark.slow
 

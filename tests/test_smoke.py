@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from seesaw_repro import presets, recipes
-from seesaw_repro.configs import final_checkpoint
-from seesaw_repro.executors import run_local
-from seesaw_repro.report import METRICS
-from seesaw_repro.runs import RunDir, plan
+from seesaw_repro.execution.executors import run_local
+from seesaw_repro.execution.runs import RunDir, plan
+from seesaw_repro.paper import presets, recipes
+from seesaw_repro.paper.configs import final_checkpoint
+from seesaw_repro.reporting.report import METRICS
 
 SMOKE = f"paper{presets.SMOKE}"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from lvis import LVIS
 
-from seesaw_repro import presets, synth
+from seesaw_repro.data import synth
 from seesaw_repro.errors import UserError
+from seesaw_repro.paper import presets
 
 
 def _load(root, split):
@@ -157,11 +158,11 @@ def test_a_full_disk_while_generating_is_one_line(tmp_path, small_disk):
 
 
 ENSURE = {
-    "lvis": "from seesaw_repro import presets, synth\n"
+    "lvis": "from seesaw_repro.data import synth\nfrom seesaw_repro.paper import presets\n"
     "from dataclasses import replace\n"
     "spec = replace(presets.TINY.synth, num_train_images=320, num_val_images=20)\n"
     "synth.ensure(Path(sys.argv[1]), spec)",
-    "digits": "from seesaw_repro import imagenet_lt\n"
+    "digits": "from seesaw_repro.data import imagenet_lt\n"
     "imagenet_lt.ensure_digits(Path(sys.argv[1]), imagenet_lt.DigitsLTSpec())",
 }
 

@@ -10,9 +10,10 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from cli import app
-from seesaw_repro import configs, report, verdicts
-from seesaw_repro.recipes import load_table
-from seesaw_repro.runs import RunDir
+from seesaw_repro.execution.runs import RunDir
+from seesaw_repro.paper import configs
+from seesaw_repro.paper.recipes import load_table
+from seesaw_repro.reporting import report, verdicts
 
 
 def test_paired_effect_is_scipys_t_interval_of_the_paired_differences():
@@ -122,6 +123,6 @@ def test_report_and_claims_commands_print_verdicts(tmp_path):
 
 
 def _tables():
-    from seesaw_repro.recipes import known_figures, known_tables
+    from seesaw_repro.paper.recipes import known_figures, known_tables
 
     return known_tables() + known_figures()

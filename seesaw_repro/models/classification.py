@@ -25,8 +25,8 @@ from mmengine.runner import Runner
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .imagenet_lt import SHOT_GROUPS, read_split, shot_group
-from .losses import seesaw_logits
+from seesaw_repro.data.imagenet_lt import SHOT_GROUPS, read_split, shot_group
+from seesaw_repro.models.losses import seesaw_logits
 
 
 def class_counts(split_file: str, num_classes: int) -> np.ndarray:

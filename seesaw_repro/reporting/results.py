@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import provenance
-from .files import write_text_atomic
-from .runs import RunDir
+from seesaw_repro.execution import provenance
+from seesaw_repro.execution.runs import RunDir
+from seesaw_repro.files import write_text_atomic
 
 COLUMNS = [
     "run_id",  # the run id is the hash of the resolved config (configs.run_id)

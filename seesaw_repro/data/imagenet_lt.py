@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .files import build_once, read_json, write_image, write_text_atomic
+from seesaw_repro.errors import UserError
+from seesaw_repro.files import build_once, read_json, write_image, write_text_atomic
 
 SPLITS = ("train", "val", "test")
 SPLIT_LINES = {"train": 115_846, "val": 20_000, "test": 50_000}  # ImageNet-LT's files

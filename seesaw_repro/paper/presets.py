@@ -13,8 +13,10 @@ from typing import Any
 
 from mmengine.config import Config
 
-from . import synth
-from .challenge import (
+from seesaw_repro.data import synth
+from seesaw_repro.data.synth import TEST_DEV_INFO
+from seesaw_repro.errors import UserError
+from seesaw_repro.paper.challenge import (
     DCN_V2,
     ChallengeScale,
     model_steps,
@@ -22,8 +24,7 @@ from .challenge import (
     train_pipeline,
     training_spec,
 )
-from .errors import UserError
-from .methods import (
+from seesaw_repro.paper.methods import (
     DATA_ROOT,
     SCHEDULES,
     RunSpec,
@@ -33,7 +34,6 @@ from .methods import (
     mask_head_method,
     suite_parts,
 )
-from .synth import TEST_DEV_INFO
 
 
 @dataclass(frozen=True)

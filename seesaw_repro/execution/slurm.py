@@ -24,10 +24,16 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_text_atomic
-from .run_folder import SCRIPT_FILE
-from .runs import FINAL_STATES, PlannedRun, RunDir, cpu_processes, failed_dependency
+from seesaw_repro.errors import UserError
+from seesaw_repro.execution.runs import (
+    FINAL_STATES,
+    PlannedRun,
+    RunDir,
+    cpu_processes,
+    failed_dependency,
+)
+from seesaw_repro.files import write_text_atomic
+from seesaw_repro.run_folder import SCRIPT_FILE
 
 SIGNAL_GRACE_S = 180  # USR1 this long before the time limit: time to checkpoint and requeue
 

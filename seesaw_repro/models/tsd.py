@@ -33,7 +33,7 @@ from mmdet.structures.bbox import bbox_overlaps
 from mmengine.model import normal_init, xavier_init
 from torch import Tensor, nn
 
-from .htc_lite import HTCLiteRoIHead
+from seesaw_repro.models.htc_lite import HTCLiteRoIHead
 
 GAMMA = 0.1  # TSD's scale of the predicted offsets
 

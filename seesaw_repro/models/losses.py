@@ -21,7 +21,7 @@ from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS
 from torch import Tensor, nn
 
-from .compat import load_from_local_safely
+from seesaw_repro.compat import load_from_local_safely
 
 COUNT_SOURCES = ("online", "dataset", "checkpoint")
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import imagenet_lt
-from .errors import UserError
-from .methods import DATA_ROOT, SpecError, SpecFields, suite_hooks
+from seesaw_repro.data import imagenet_lt
+from seesaw_repro.errors import UserError
+from seesaw_repro.paper.methods import DATA_ROOT, SpecError, SpecFields, suite_hooks
 
 TASK = "imagenet_lt"
 

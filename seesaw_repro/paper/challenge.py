@@ -14,7 +14,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .methods import RunSpec
+from seesaw_repro.paper.methods import RunSpec
 
 # mmdet's CARAFE mask head (configs/carafe/mask-rcnn_r50_fpn-carafe_1x_coco.py)
 CARAFE_UPSAMPLE = {

@@ -11,9 +11,9 @@ import copy
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .errors import UserError
-from .run_folder import PER_CATEGORY_FILE
-from .synth import TEST_DEV_INFO
+from seesaw_repro.data.synth import TEST_DEV_INFO
+from seesaw_repro.errors import UserError
+from seesaw_repro.run_folder import PER_CATEGORY_FILE
 
 DATA_ROOT = "${DATA_ROOT}"
 RUNS_DIR = "${RUNS_DIR}"  # where the runs a config depends on keep their checkpoints

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from .errors import UserError
-from .files import build_once, write_image, write_text_atomic
+from seesaw_repro.errors import UserError
+from seesaw_repro.files import build_once, write_image, write_text_atomic
 
 COLOURS = {
     "red": (230, 50, 40),

@@ -18,10 +18,10 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop, Runner
 
-from .files import write_json_atomic, write_text_atomic
-from .imagenet_lt import CLASSIFICATION_COLUMNS
-from .lvis_eval import LVIS_COLUMNS, column_key
-from .run_folder import (
+from seesaw_repro.data.imagenet_lt import CLASSIFICATION_COLUMNS
+from seesaw_repro.evaluation.lvis_eval import LVIS_COLUMNS, column_key
+from seesaw_repro.files import write_json_atomic, write_text_atomic
+from seesaw_repro.run_folder import (
     CLASSIFICATION_ACCURACY_FILE,
     GRADIENT_STATS_FILE,
     LAST_CHECKPOINT_FILE,

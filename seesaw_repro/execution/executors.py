@@ -32,10 +32,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from . import slurm
-from .errors import UserError
-from .run_folder import LOCKED
-from .runs import FINAL_STATES, PlannedRun, RunDir, cpu_processes, failed_dependency
+from seesaw_repro.errors import UserError
+from seesaw_repro.execution import slurm
+from seesaw_repro.execution.runs import (
+    FINAL_STATES,
+    PlannedRun,
+    RunDir,
+    cpu_processes,
+    failed_dependency,
+)
+from seesaw_repro.run_folder import LOCKED
 
 
 @dataclass

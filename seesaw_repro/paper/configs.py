@@ -14,11 +14,11 @@ from typing import Any
 
 from mmengine.config import Config
 
-from . import classification_runs, methods
-from .challenge import test_augmentation, training_spec
-from .classification_runs import ClassificationSpec
-from .errors import UserError
-from .methods import (
+from seesaw_repro.errors import UserError
+from seesaw_repro.paper import classification_runs, methods
+from seesaw_repro.paper.challenge import test_augmentation, training_spec
+from seesaw_repro.paper.classification_runs import ClassificationSpec
+from seesaw_repro.paper.methods import (
     DATA_ROOT,
     RUNS_DIR,
     WORK_DIR,
@@ -27,8 +27,8 @@ from .methods import (
     finetune_classifier,
     test_dev,
 )
-from .presets import PRESETS, SMOKE, smoke_config
-from .run_folder import checkpoint_name
+from seesaw_repro.paper.presets import PRESETS, SMOKE, smoke_config
+from seesaw_repro.run_folder import checkpoint_name
 
 RUN_ID_LENGTH = 12
 Spec = RunSpec | ClassificationSpec  # a row of the LVIS tables, or of Tables 10-11

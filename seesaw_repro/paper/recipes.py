@@ -16,12 +16,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classification_runs import TASK as CLASSIFICATION
-from .classification_runs import ClassificationSpec
-from .errors import UserError
-from .methods import RunSpec, SpecError
+from seesaw_repro.errors import UserError
+from seesaw_repro.paper.classification_runs import TASK as CLASSIFICATION
+from seesaw_repro.paper.classification_runs import ClassificationSpec
+from seesaw_repro.paper.methods import RunSpec, SpecError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # seesaw_repro/paper/recipes.py
 RECIPE_DIR = REPO_ROOT / "recipes"
 PAPER_DIR = REPO_ROOT / "results" / "paper"
 ROW_META_KEYS = {"key", "same_as", "baseline"}

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
-from . import configs
-from .errors import UserError
-from .files import read_json, try_lock, write_json_atomic, write_text_atomic
-from .recipes import Table
-from .run_folder import (
+from seesaw_repro.errors import UserError
+from seesaw_repro.files import read_json, try_lock, write_json_atomic, write_text_atomic
+from seesaw_repro.paper import configs
+from seesaw_repro.paper.recipes import Table
+from seesaw_repro.run_folder import (
     CONFIG_FILE,
     ENVIRONMENT_FILE,
     LAST_CHECKPOINT_FILE,

@@ -22,8 +22,8 @@ import mmengine
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader, get_external_models
 
-from .compat import load_from_local_safely
-from .errors import UserError
+from seesaw_repro.compat import load_from_local_safely
+from seesaw_repro.errors import UserError
 
 # The URL table of each scheme: mmengine's (torchvision's names as of its 0.12, the names
 # mmdet's configs use; open-mmlab://, which MMENGINE_HOME/open_mmlab.json may extend).

@@ -8,8 +8,8 @@ from pathlib import Path
 from mmdet.evaluation import LVISMetric
 from mmdet.registry import METRICS
 
-from .files import write_json_atomic
-from .lvis_eval import FREQUENCY_GROUPS, evaluate, mmdet_key
+from seesaw_repro.evaluation.lvis_eval import FREQUENCY_GROUPS, evaluate, mmdet_key
+from seesaw_repro.files import write_json_atomic
 
 
 @METRICS.register_module()

@@ -39,7 +39,7 @@ import numpy as np
 import orjson
 from pycocotools import mask as mask_utils
 
-from .errors import UserError
+from seesaw_repro.errors import UserError
 
 MAX_DETS_PER_IMAGE = 300
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)

@@ -14,12 +14,14 @@ from rich.markup import escape
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from . import configs, provenance, verdicts
-from .imagenet_lt import CLASSIFICATION_COLUMNS
-from .lvis_eval import LVIS_COLUMNS
-from .presets import SMOKE, SMOKE_EVAL_IMAGES, SMOKE_TRAIN_IMAGES
-from .recipes import RecipeError, Table
-from .runs import RunDir, server_results
+from seesaw_repro.data.imagenet_lt import CLASSIFICATION_COLUMNS
+from seesaw_repro.evaluation.lvis_eval import LVIS_COLUMNS
+from seesaw_repro.execution import provenance
+from seesaw_repro.execution.runs import RunDir, server_results
+from seesaw_repro.paper import configs
+from seesaw_repro.paper.presets import SMOKE, SMOKE_EVAL_IMAGES, SMOKE_TRAIN_IMAGES
+from seesaw_repro.paper.recipes import RecipeError, Table
+from seesaw_repro.reporting import verdicts
 
 # The columns of a task's tables, as metrics.json names them -> as the paper heads them.
 METRICS = {

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from . import plots, report, verdicts
-from .errors import UserError
-from .recipes import Table
-from .runs import PlannedRun, RunDir
+from seesaw_repro.errors import UserError
+from seesaw_repro.execution.runs import PlannedRun, RunDir
+from seesaw_repro.paper.recipes import Table
+from seesaw_repro.reporting import plots, report, verdicts
 
 TEMPLATE = "report.html.j2"
 
@@ -137,7 +137,7 @@ def render(
             }
         )
     environment = Environment(
-        loader=PackageLoader("seesaw_repro"), autoescape=True, undefined=StrictUndefined
+        loader=PackageLoader("seesaw_repro.reporting"), autoescape=True, undefined=StrictUndefined
     )
     return environment.get_template(TEMPLATE).render(
         preset=preset,

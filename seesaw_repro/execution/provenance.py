@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGES = ("torch", "mmcv", "mmdet", "mmengine")
-SUITE_SOURCE = Path(__file__).resolve().parent.parent
+SUITE_SOURCE = Path(__file__).resolve().parents[2]  # seesaw_repro/execution/provenance.py
 
 
 def environment(gpus: int) -> dict:

@@ -9,11 +9,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
-from . import configs, recipes
-from .errors import UserError
-from .files import read_json
-from .run_folder import CLASSIFICATION_ACCURACY_FILE, GRADIENT_STATS_FILE, PER_CATEGORY_FILE
-from .runs import RunDir
+from seesaw_repro.errors import UserError
+from seesaw_repro.execution.runs import RunDir
+from seesaw_repro.files import read_json
+from seesaw_repro.paper import configs, recipes
+from seesaw_repro.run_folder import (
+    CLASSIFICATION_ACCURACY_FILE,
+    GRADIENT_STATS_FILE,
+    PER_CATEGORY_FILE,
+)
 
 COLUMN_WIDTH_IN = 3.3  # one column of a two-column CVPR paper
 GROUP_COLOURS = {"r": "#d62728", "c": "#ff7f0e", "f": "#2ca02c"}

@@ -1,0 +1,1 @@
+"""LVIS evaluation in numpy (no torch, no mmdet)."""

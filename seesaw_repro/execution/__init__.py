@@ -1,0 +1,1 @@
+"""Runs as folders on disk, and the executors that train them: here, or through Slurm."""

@@ -1,0 +1,1 @@
+"""Collect, compare, judge and show: tables, verdicts, the HTML page, figures."""
