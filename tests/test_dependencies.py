@@ -31,7 +31,7 @@ def test_a_decoupled_run_loads_the_ce_baseline_and_shares_it():
     # the pre-training is the CE baseline: Table 2's first row, the same run
     table2_ce = configs.run_id(configs.resolve(load_table("table2").rows[0].spec, "tiny"))
     assert pretrained.run_id == table2_ce
-    assert de_seesaw.config["load_from"] == f"${{RUNS_DIR}}/{pretrained.run_id}/iter_400.pth"
+    assert de_seesaw.config["load_from"] == f"${{RUNS_DIR}}/{pretrained.run_id}/iter_800.pth"
     assert {"type": "ClassifierFinetuneHook"} in de_seesaw.config["custom_hooks"]
     assert de_seesaw.config["train_cfg"]["max_iters"] == 200  # fine-tuned 1x
     random = plan(_table(de=methods.RunSpec(decoupled="random", schedule="1x")), "tiny")
@@ -45,10 +45,10 @@ def test_pre_record_counts_come_from_the_online_run():
     assert pre_record.needs == (online.run_id,)
     loss = pre_record.config["model"]["roi_head"]["bbox_head"]["loss_cls"]
     assert loss["counts"] == "checkpoint"
-    assert loss["checkpoint"] == f"${{RUNS_DIR}}/{online.run_id}/iter_400.pth"
+    assert loss["checkpoint"] == f"${{RUNS_DIR}}/{online.run_id}/iter_800.pth"
     materialised = configs.materialise(pre_record.config, Path("/data"), Path("/w/runs/x"))
     checkpoint = materialised.model.roi_head.bbox_head.loss_cls.checkpoint
-    assert checkpoint == f"/w/runs/{online.run_id}/iter_400.pth"
+    assert checkpoint == f"/w/runs/{online.run_id}/iter_800.pth"
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
