@@ -323,15 +323,15 @@ def test_table12_adds_one_step_per_row_and_chains_its_last_runs():
     assert len(runs) == 12
     dual, tta, seesaw = runs["dual_head"], runs["test_aug"], runs["seesaw"]
     assert dual.needs == (seesaw.run_id,) and tta.needs == (dual.run_id,)
-    assert dual.config["load_from"].endswith(f"{seesaw.run_id}/iter_750.pth")  # 45 epochs
-    assert dual.config["train_cfg"]["max_iters"] == 200  # the dual head: 1x ...
+    assert dual.config["load_from"].endswith(f"{seesaw.run_id}/iter_1500.pth")  # 45 epochs
+    assert dual.config["train_cfg"]["max_iters"] == 400  # the dual head: 1x ...
     assert dual.config["train_dataloader"]["dataset"]["type"] == "ClassBalancedDataset"  # RFS
     heads = {key: runs[key].config["model"]["roi_head"]["bbox_head"] for key in ("tsd", "seesaw")}
     assert heads["tsd"][0]["pc_cls"] and not heads["seesaw"][0]["pc_cls"]  # Appendix D.2
     assert tta.config["model"]["type"] == "InstanceTTAModel"
     assert tta.config["seesaw"]["job"] == "evaluate"
     milestones = runs["augmentation"].config["param_scheduler"][1]["milestones"]
-    assert milestones == [500, 666]  # epochs 30 and 40 of 45
+    assert milestones == [1000, 1333]  # epochs 30 and 40 of 45
     with pytest.raises(methods.SpecError, match="htc_lite"):
         methods.RunSpec(box_head="tsd")
 

@@ -90,7 +90,7 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
         (("plan", "table2", "--seeds", "x"), "--seeds 'x': give a count"),
         (("report", "table2", "--view", "wide"), "unknown --view 'wide'"),
         (
-            ("config", "485fec", "--out", "no/such/c.py"),
+            ("config", "65c306", "--out", "no/such/c.py"),
             "--out no/such/c.py: the folder no/such does not exist",
         ),
         (("repro", "table2", "--work-dir", "/proc/w"), "No such file or directory: /proc/w"),
@@ -128,7 +128,7 @@ def test_bad_input_is_one_line_with_the_users_text(tmp_path, args, expected):
 
 def test_paths_are_printed_as_written_not_as_markup(tmp_path):
     (tmp_path / "c[").mkdir()
-    result = _seesaw("config", "1190b58f", "--out", "c[/x][bold].py", cwd=tmp_path)
+    result = _seesaw("config", "287935fb", "--out", "c[/x][bold].py", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.startswith("wrote c[/x][bold].py")
     assert (tmp_path / "c[" / "x][bold].py").is_file()
@@ -303,14 +303,14 @@ def test_commands_that_only_plan_or_read_runs_import_no_torch():
 
 
 def test_a_plan_over_budget_is_refused_before_anything_runs(tmp_path):
-    """Table 2's six tiny runs cost 15.8 CPU-core minutes by the preset's estimate."""
+    """Table 2's six tiny runs cost 16.2 CPU-core minutes by the preset's estimate."""
     result = _seesaw("repro", "table2", "--budget", "5", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "6 run(s) still to train" in lines[0]
-    assert "15.8 CPU-core minutes, over the budget of 5" in lines[0]
+    assert "16.2 CPU-core minutes, over the budget of 5" in lines[0]
     assert not (tmp_path / "seesaw-work").exists()  # not even the data was generated
-    within = _seesaw("repro", "table2", "--budget", "16", "--dry-run", cwd=tmp_path)
+    within = _seesaw("repro", "table2", "--budget", "17", "--dry-run", cwd=tmp_path)
     assert within.returncode == 0 and within.stdout.count("trains from the start") == 6
 
 

@@ -33,7 +33,7 @@ def test_a_decoupled_run_loads_the_ce_baseline_and_shares_it():
     assert pretrained.run_id == table2_ce
     assert de_seesaw.config["load_from"] == f"${{RUNS_DIR}}/{pretrained.run_id}/iter_800.pth"
     assert {"type": "ClassifierFinetuneHook"} in de_seesaw.config["custom_hooks"]
-    assert de_seesaw.config["train_cfg"]["max_iters"] == 200  # fine-tuned 1x
+    assert de_seesaw.config["train_cfg"]["max_iters"] == 400  # fine-tuned 1x: half of 2x
     random = plan(_table(de=methods.RunSpec(decoupled="random", schedule="1x")), "tiny")
     assert random[0].run_id != pretrained.run_id
     assert random[0].spec.sampler == "random"
