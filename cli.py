@@ -860,6 +860,13 @@ def eval_command(
     results_file: Path = typer.Argument(..., help="LVIS-format detections (a JSON list)."),
     ann: Path = typer.Option(..., "--ann", help="LVIS annotations, e.g. lvis_v1_val.json."),
     iou_type: str = typer.Option("segm", "--iou", help="segm (masks) or bbox (boxes)."),
+    workers: int = typer.Option(
+        0,
+        "--workers",
+        min=0,
+        help="Processes that read the detection file, a block each at a time; 0: one per CPU "
+        "this process may use.",
+    ),
 ) -> None:
     """Evaluate an LVIS-format detection file: AP, AP_r, AP_c, AP_f in percent.
 
@@ -871,7 +878,9 @@ def eval_command(
     if not ann.exists():
         raise UserError(f"the annotation file {ann} does not exist")
     with console.status(escape(f"Evaluating {results_file} ({iou_type}) ...")):
-        found = lvis_eval.evaluate(ann, results_file, iou_type)
+        found = lvis_eval.evaluate(
+            ann, results_file, iou_type, workers or len(os.sched_getaffinity(0))
+        )
     typer.echo("  ".join(f"{k} {100 * found[k]:.2f}" for k in ("AP", "AP_r", "AP_c", "AP_f")))
 
 

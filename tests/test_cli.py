@@ -100,6 +100,7 @@ def test_missing_test_dev_files_stop_the_plan_before_anything_runs(
         (("eval", "--ann", "ann.json", "."), "the detection file . does not exist or is a folder"),
         (("eval", "--ann", "info.json", "dets.json"), "info.json has no annotations"),
         (("eval", "--ann", "ann.json", "null.json"), "every score must be a finite number, not"),
+        (("eval", "--ann", "ann.json", "dets.json"), "a detection's segmentation is not a mask"),
         (
             ("eval", "--ann", "ann.json", "str.json"),
             "every image_id must be a whole number, not '1'",

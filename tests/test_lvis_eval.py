@@ -82,7 +82,7 @@ def test_keeps_the_best_300_detections_of_each_image(case):
         {"image_id": int(images[i % 3]), "category_id": int(c), "score": float(s), "bbox": [0] * 4}
         for i, (c, s) in enumerate(zip(rng.choice(categories, 1000), rng.random(1000), strict=True))
     ]
-    dets = lvis_eval.read_detections([detections], gt, "bbox")
+    dets = lvis_eval.read_detections(detections, gt, "bbox")
     kept = lvis_eval.evaluated_order(dets, gt)
     verified = set(gt.verified.tolist())
     for image in images:
@@ -161,3 +161,28 @@ def test_the_detection_file_is_read_in_blocks_whatever_its_strings_hold(tmp_path
     for block in (1, 7, 100, 10**6):
         read = lvis_eval.json_list_items(tmp_path / "items.json", block_bytes=block)
         assert [item for batch in read for item in batch] == items, block
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_a_file_read_in_parallel_blocks_gives_the_same_evaluation(
+    case, iou_type, monkeypatch, tmp_path
+):
+    ann, dets = case
+    in_one_process = lvis_eval.evaluate(ann, dets, iou_type)
+    monkeypatch.setattr(lvis_eval, "BLOCK_BYTES", dets.stat().st_size // 20)
+    assert lvis_eval.evaluate(ann, dets, iou_type, workers=2) == in_one_process
+    # "}, {" inside strings: some blocks are cut inside a string and do not parse, so the
+    # file is read again in one process
+    noted = [dict(d, note="}, {" * 50) for d in json.loads(dets.read_text())]
+    (tmp_path / "noted.json").write_text(json.dumps(noted))
+    blocks = list(lvis_eval._json_list_blocks(tmp_path / "noted.json"))
+    assert len(blocks) > 10 and not all(_parses(block) for block in blocks)
+    assert lvis_eval.evaluate(ann, tmp_path / "noted.json", iou_type, workers=2) == in_one_process
+
+
+def _parses(text: bytes) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True

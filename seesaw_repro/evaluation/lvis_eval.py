@@ -3,14 +3,14 @@
 lvis-api keeps every detection as a Python dict and matches each (image, category) in Python
 loops, which on LVIS v1 val takes tens of minutes and 20-30 GB. The same steps here:
 
-1. The detection file is parsed a block at a time into arrays (image, category, score, box);
-   a mask is kept only where its category has ground truth in the image, the only place an
-   IoU is needed.
+1. The detection file is parsed a block at a time into arrays (image, category, score, box),
+   the blocks in parallel processes where `workers` > 1. Masks are compared with the ground
+   truth of their (image, category) as their block is read (pycocotools, one call per pair),
+   the only IoUs needed, and only those IoUs are kept.
 2. LVIS's 300 best detections per image, then its federated filter: a category counts on an
    image only where it is verified present (it has ground truth there) or absent
    (`neg_category_ids`).
-3. IoUs of each detection with the ground truth of its (image, category): boxes in numpy,
-   masks with pycocotools, one image at a time.
+3. Box IoUs of each detection with the ground truth of its (image, category), in numpy.
 4. lvis-api's greedy matching, for every (image, category) pair of a size bucket at once:
    highest score first, each detection takes the unmatched ground truth of highest IoU at or
    above the threshold (the last one on ties), an ignored one only if no other is left.
@@ -29,6 +29,7 @@ import contextlib
 import gc
 import json
 import math
+import multiprocessing
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -195,16 +196,17 @@ def _rle(segmentation: list | dict, height: int, width: int) -> dict:
 
 
 ITEM_BOUNDARY = re.compile(rb"\}\s*,\s*\{")  # "}, {" between two objects of a list
+BLOCK_BYTES = 1 << 23  # a detection file is read this much at a time
 
 
-def json_list_items(path: Path, block_bytes: int = 1 << 24) -> Iterator[list]:
+def json_list_items(path: Path, block_bytes: int | None = None) -> Iterator[list]:
     """The items of the JSON list (of objects) in `path`, one list per block of the file: a
     detection file of the full val set holds millions of detections, gigabytes parsed whole."""
     with open(path, "rb") as file:
-        text = bytearray(file.read(block_bytes).lstrip())
+        text = bytearray(file.read(block_bytes or BLOCK_BYTES).lstrip())
         if not text.startswith(b"["):
             raise UserError(f"{path} is not a JSON list of detections")
-        while more := file.read(block_bytes):
+        while more := file.read(block_bytes or BLOCK_BYTES):
             text += more
             items, text = _complete_items(text)
             yield items
@@ -234,49 +236,127 @@ def _complete_items(text: bytearray) -> tuple[list, bytearray]:
     return [], text  # no complete item yet: read on
 
 
+def _json_list_blocks(path: Path) -> Iterator[bytes]:
+    """The file's JSON list cut into JSON lists at a "}, {" near the end of each block, not
+    parsed: a cut inside a string leaves the list before it unparsable (an open string)."""
+    with open(path, "rb") as file:
+        text = file.read(BLOCK_BYTES).lstrip()
+        if not text.startswith(b"["):
+            raise UserError(f"{path} is not a JSON list of detections")
+        while more := file.read(BLOCK_BYTES):
+            text += more
+            tail = max(0, len(text) - (1 << 16))
+            cuts = list(ITEM_BOUNDARY.finditer(text, tail)) or list(ITEM_BOUNDARY.finditer(text))
+            if cuts:
+                yield text[: cuts[-1].start() + 1] + b"]"
+                text = b"[" + text[cuts[-1].end() - 1 :]
+        yield text
+
+
 @dataclass
 class Detections:
-    """Detections as arrays, in file order; `masks` holds an RLE where a mask is needed."""
+    """Detections as arrays, in file order. For masks, `iou` holds each detection's IoUs with
+    the ground truth of its (image, category), n entries from iou_start[i] where that pair has
+    n instances (none where it has none): the only IoUs the evaluation needs."""
 
     pair: np.ndarray
     image: np.ndarray
     score: np.ndarray
-    box: np.ndarray | None
-    masks: list | None
+    box: np.ndarray | None = None
+    iou: np.ndarray | None = None
+    iou_start: np.ndarray | None = None
 
 
-def read_detections(batches: Iterable[list[dict]], gt: GroundTruth, iou_type: str) -> Detections:
-    """Detections (LVIS results format: image_id, category_id, score, bbox or segmentation)
-    as arrays; a mask is kept only where its category has ground truth in the image."""
-    images, pairs, scores, boxes, masks = [], [], [], [], []
-    for batch in batches:
+def read_detections(batch: list[dict], gt: GroundTruth, iou_type: str) -> Detections:
+    """Detections in the LVIS results format (image_id, category_id, score, bbox or
+    segmentation as RLE) as arrays: boxes (bbox) or the masks' IoUs (segm)."""
+    try:
+        image, pair = gt.locate((d["image_id"] for d in batch), (d["category_id"] for d in batch))
+        score = _numbers((d["score"] for d in batch), False, "score")
+        if iou_type == "bbox":
+            box = np.array([d["bbox"] for d in batch], dtype=np.float64).reshape(-1, 4)
+            return Detections(pair, image, score, box=box)
+        iou, iou_start = _mask_ious(batch, pair, gt)
+        return Detections(pair, image, score, iou=iou, iou_start=iou_start)
+    except (KeyError, TypeError, ValueError) as error:
+        field = "bbox" if iou_type == "bbox" else "segmentation (RLE)"
+        raise UserError(
+            f"a detection is malformed ({error!r}): each needs image_id, category_id, score "
+            f"and {field}"
+        ) from None
+
+
+def _mask_ious(
+    batch: list[dict], pair: np.ndarray, gt: GroundTruth
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each detection's mask IoUs with its pair's ground truth (pycocotools, as lvis-api; no
+    crowd), one pycocotools call per pair; the IoUs flat and where each detection's start."""
+    first = np.searchsorted(gt.pair, pair, "left")
+    count = np.where(pair >= 0, np.searchsorted(gt.pair, pair, "right") - first, 0)
+    iou_start = np.cumsum(count) - count
+    iou = np.zeros(int(count.sum()))
+    needed = np.flatnonzero(count)
+    by_pair = needed[np.argsort(pair[needed], kind="stable")]
+    for dts in np.split(by_pair, np.flatnonzero(_starts(pair[by_pair]))[1:]) if len(needed) else []:
+        gts = slice(first[dts[0]], first[dts[0]] + count[dts[0]])
+        masks = [batch[i]["segmentation"] for i in dts]
         try:
-            image, pair = gt.locate(
-                (d["image_id"] for d in batch), (d["category_id"] for d in batch)
-            )
-            scores.append(_numbers((d["score"] for d in batch), False, "score"))
-            if iou_type == "bbox":
-                boxes.append(np.array([d["bbox"] for d in batch], dtype=np.float64).reshape(-1, 4))
-            else:
-                needed = _is_in(pair, gt.pair)
-                masks += [
-                    d["segmentation"] if n else None for d, n in zip(batch, needed, strict=True)
-                ]
-        except (KeyError, TypeError, ValueError) as error:
-            field = "bbox" if iou_type == "bbox" else "segmentation"
+            rows = mask_utils.iou(masks, gt.masks[gts], [0] * count[dts[0]])
+        except Exception as error:  # pycocotools raises plain Exceptions on bad masks
             raise UserError(
-                f"a detection is malformed ({error!r}): each needs image_id, category_id, "
-                f"score and {field}"
+                f"a detection's segmentation is not a mask in RLE ({error}), as LVIS results "
+                "hold them: {'size': [height, width], 'counts': ...}"
             ) from None
-        images.append(image)
-        pairs.append(pair)
-    return Detections(
-        pair=np.concatenate(pairs) if pairs else np.zeros(0, np.int64),
-        image=np.concatenate(images) if images else np.zeros(0, np.int64),
-        score=np.concatenate(scores) if scores else np.zeros(0),
-        box=(np.concatenate(boxes) if boxes else np.zeros((0, 4))) if iou_type == "bbox" else None,
-        masks=masks if iou_type == "segm" else None,
+        iou[_ranges(iou_start[dts], count[dts])] = np.asarray(rows).ravel()
+    return iou, iou_start
+
+
+def _concatenate(parts: list[Detections]) -> Detections:
+    """The detections of consecutive batches as one."""
+    if not parts:
+        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    joined = Detections(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("pair", "image", "score"))
     )
+    if parts[0].box is not None:
+        joined.box = np.concatenate([p.box for p in parts])
+    if parts[0].iou is not None:
+        offsets = np.cumsum([0] + [len(p.iou) for p in parts[:-1]])
+        joined.iou = np.concatenate([p.iou for p in parts])
+        joined.iou_start = np.concatenate(
+            [p.iou_start + o for p, o in zip(parts, offsets, strict=True)]
+        )
+    return joined
+
+
+def read_detection_file(path: Path, gt: GroundTruth, iou_type: str, workers: int) -> Detections:
+    """read_detections over a detection file, a block at a time, in `workers` processes
+    (forked: they share `gt`). Where a block does not parse (a "}, {" inside a string, or
+    broken JSON) the file is read again in one process, which finds the true cut or names the
+    error."""
+    if workers > 1:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(workers, _share, (gt, iou_type)) as pool:
+            parts = list(pool.imap(_read_block, _json_list_blocks(path)))
+        if all(part is not None for part in parts):
+            return _concatenate(parts)
+    return _concatenate([read_detections(b, gt, iou_type) for b in json_list_items(path)])
+
+
+_shared: tuple = ()  # (ground truth, IoU type) of a worker process
+
+
+def _share(gt: GroundTruth, iou_type: str) -> None:
+    global _shared
+    _shared = (gt, iou_type)
+
+
+def _read_block(block: bytes) -> Detections | None:
+    """read_detections of one block of the file; None where it does not parse."""
+    try:
+        return read_detections(orjson.loads(block), *_shared)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def evaluated_order(dets: Detections, gt: GroundTruth) -> np.ndarray:
@@ -312,24 +392,6 @@ def _box_iou(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
     h = np.minimum(dt[:, 1] + dt[:, 3], gt[:, 1] + gt[:, 3]) - np.maximum(dt[:, 1], gt[:, 1])
     inter = np.where((w > 0) & (h > 0), w * h, 0.0)
     return inter / (dt[:, 2] * dt[:, 3] + gt[:, 2] * gt[:, 3] - inter)
-
-
-def _mask_iou(
-    dt_masks: list, gt_masks: list, dt_of_pair: list[np.ndarray], gt_of_pair: list[np.ndarray]
-) -> np.ndarray:
-    """IoU of each pair's detection masks (dt_masks[i], i in dt_of_pair[p]) with its ground
-    truth masks, one (pair, detection, ground truth) entry after another (pycocotools)."""
-    return np.concatenate(
-        [
-            np.asarray(
-                mask_utils.iou(
-                    [dt_masks[i] for i in dts], [gt_masks[i] for i in gts], [0] * len(gts)
-                )
-            ).ravel()
-            for dts, gts in zip(dt_of_pair, gt_of_pair, strict=True)
-        ]
-        or [np.zeros(0)]
-    )
 
 
 def match(
@@ -414,12 +476,8 @@ def precision_per_category(
     if iou_type == "bbox":
         iou = _box_iou(dets.box[dt_index], gt.box[gt_index])
     else:
-        iou = _mask_iou(
-            dets.masks,
-            gt.masks,
-            np.split(order[_ranges(dt_start[di], n_dt)], np.cumsum(n_dt)[:-1]),
-            np.split(_ranges(gt_start[gi], n_gt), np.cumsum(n_gt)[:-1]),
-        )
+        rows = order[_ranges(dt_start[di], n_dt)]
+        iou = dets.iou[_ranges(dets.iou_start[rows], np.repeat(n_gt, n_dt))]
     del entries, d, dt_index
     found, found_ignored = match(iou, n_dt, n_gt, gt.ignored[gt_index])
     in_pairs = _ranges(dt_start[di], n_dt)
@@ -445,20 +503,22 @@ def precision_per_category(
     return precision
 
 
-def evaluate(ann_file: Path, detections: list[dict] | Path, iou_type: str = "segm") -> dict:
+def evaluate(
+    ann_file: Path, detections: list[dict] | Path, iou_type: str = "segm", workers: int = 1
+) -> dict:
     """AP, AP_r, AP_c, AP_f (fractions in [0, 1]) and per-category AP (-1: no ground truth)
-    of LVIS-format detections, a list or a JSON file; `iou_type` "segm" or "bbox"."""
+    of LVIS-format detections, a list or a JSON file (read in `workers` processes); `iou_type`
+    "segm" or "bbox"."""
     if iou_type not in ("segm", "bbox"):
         raise UserError(f"unknown IoU type {iou_type!r}: use segm or bbox")
     with _cycle_collector_paused():
         gt = load_ground_truth(ann_file, iou_type)
         if isinstance(detections, list):
-            batches: Iterable[list[dict]] = [detections]
+            dets = read_detections(detections, gt, iou_type)
         elif not Path(detections).is_file():
             raise UserError(f"the detection file {detections} does not exist or is a folder")
         else:
-            batches = json_list_items(Path(detections))
-        dets = read_detections(batches, gt, iou_type)
+            dets = read_detection_file(Path(detections), gt, iou_type, workers)
     precision = precision_per_category(gt, dets, evaluated_order(dets, gt), iou_type)
     metrics = {"AP": _mean_valid(precision)}
     for group, name in FREQUENCY_GROUPS.items():

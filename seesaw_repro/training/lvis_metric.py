@@ -16,7 +16,8 @@ from seesaw_repro.files import write_json_atomic
 class FastLVISMetric(LVISMetric):
     """mmdet's LVISMetric, evaluated by lvis_eval.evaluate: the numbers lvis-api gives (tested),
     much faster; the per-category AP goes to `per_category_file` (JSON, per metric: category
-    id -> AP in [0, 1], -1 where it has no ground truth)."""
+    id -> AP in [0, 1], -1 where it has no ground truth). The file is read in the job's own
+    process: forking one that holds torch's threads (and CUDA) is not safe."""
 
     def __init__(self, ann_file: str, per_category_file: str | None = None, **kwargs) -> None:
         super().__init__(ann_file=ann_file, **kwargs)
