@@ -52,10 +52,9 @@ def digit_crops(
         size = int(rng.integers(22, 41))
         x, y = (int(v) for v in rng.integers(0, CROP - size + 1, 2))
         glyph = images[rng.choice(np.flatnonzero(labels == category % 10))]
-        alpha = (cv2.resize(glyph, (size, size)) / 255.0)[..., None]
-        paint = np.array(colours[category // 10], np.float32) * rng.uniform(0.8, 1.0)
-        region = canvas[y : y + size, x : x + size].astype(np.float32)
-        canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(np.uint8)
+        synth.paint_digit(
+            canvas, cv2.resize(glyph, (size, size)), x, y, colours[category // 10], rng
+        )
         crops[i] = canvas
     normalised = ((crops - MEAN) / STD).transpose(0, 3, 1, 2)
     return torch.from_numpy(normalised).float(), torch.from_numpy(targets)

@@ -97,6 +97,18 @@ def _assign(counts: np.ndarray, num_images: int, rng: np.random.Generator) -> li
     return per_image
 
 
+def paint_digit(
+    canvas: np.ndarray, glyph: np.ndarray, x: int, y: int, rgb: tuple, rng: np.random.Generator
+) -> None:
+    """Paint a digit into `canvas` at (x, y): its grey levels are the opacity of `rgb`, which
+    is dimmed to 80-100% (one draw of `rng`)."""
+    size = glyph.shape[0]
+    alpha = (glyph.astype(np.float32) / 255.0)[..., None]
+    region = canvas[y : y + size, x : x + size].astype(np.float32)
+    paint = np.array(rgb, np.float32) * rng.uniform(0.8, 1.0)
+    canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(np.uint8)
+
+
 def _background(size: int, rng: np.random.Generator, height: int | None = None) -> np.ndarray:
     """A dark, smoothly varying, noisy canvas `size` wide and `height` (default `size`) high."""
     height = height or size
@@ -180,12 +192,7 @@ def _render_split(
             area = float(mask_utils.area(rle))
             if area < 4:
                 continue
-            alpha = (glyph.astype(np.float32) / 255.0)[..., None]
-            region = canvas[y : y + size, x : x + size].astype(np.float32)
-            paint = np.array(COLOURS[colour], np.float32) * rng.uniform(0.8, 1.0)
-            canvas[y : y + size, x : x + size] = (region * (1 - alpha) + paint * alpha).astype(
-                np.uint8
-            )
+            paint_digit(canvas, glyph, x, y, COLOURS[colour], rng)
             boxes.append((x, y, size, size))
             annotations.append(
                 {
