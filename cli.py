@@ -878,9 +878,7 @@ def eval_command(
     if not ann.exists():
         raise UserError(f"the annotation file {ann} does not exist")
     with console.status(escape(f"Evaluating {results_file} ({iou_type}) ...")):
-        found = lvis_eval.evaluate(
-            ann, results_file, iou_type, workers or len(os.sched_getaffinity(0))
-        )
+        found = lvis_eval.evaluate(ann, results_file, iou_type, workers)
     typer.echo("  ".join(f"{k} {100 * found[k]:.2f}" for k in ("AP", "AP_r", "AP_c", "AP_f")))
 
 

@@ -124,7 +124,7 @@ def evaluate_in_process(which: str, ann: str, dets: str, iou_type: str) -> None:
         from seesaw_repro.evaluation.lvis_eval import evaluate
 
         start = time.perf_counter()
-        result = evaluate(Path(ann), Path(dets), iou_type, workers=len(os.sched_getaffinity(0)))
+        result = evaluate(Path(ann), Path(dets), iou_type, workers=0)  # as `seesaw eval`
         metrics = {k: result[k] for k in ("AP", "AP_r", "AP_c", "AP_f")}
     else:
         from lvis import LVIS, LVISEval, LVISResults

@@ -30,6 +30,7 @@ import gc
 import json
 import math
 import multiprocessing
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -312,9 +313,7 @@ def _mask_ious(
 
 
 def _concatenate(parts: list[Detections]) -> Detections:
-    """The detections of consecutive batches as one."""
-    if not parts:
-        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    """The detections of consecutive batches as one (a file gives at least one batch)."""
     joined = Detections(
         *(np.concatenate([getattr(p, f) for p in parts]) for f in ("pair", "image", "score"))
     )
@@ -331,9 +330,10 @@ def _concatenate(parts: list[Detections]) -> Detections:
 
 def read_detection_file(path: Path, gt: GroundTruth, iou_type: str, workers: int) -> Detections:
     """read_detections over a detection file, a block at a time, in `workers` processes
-    (forked: they share `gt`). Where a block does not parse (a "}, {" inside a string, or
-    broken JSON) the file is read again in one process, which finds the true cut or names the
-    error."""
+    (forked: they share `gt`; 0: one per CPU this process may use). Where a block does not
+    parse (a "}, {" inside a string, or broken JSON) the file is read again in one process,
+    which finds the true cut or names the error."""
+    workers = workers or len(os.sched_getaffinity(0))
     if workers > 1:
         context = multiprocessing.get_context("fork")
         with context.Pool(workers, _share, (gt, iou_type)) as pool:
@@ -507,8 +507,8 @@ def evaluate(
     ann_file: Path, detections: list[dict] | Path, iou_type: str = "segm", workers: int = 1
 ) -> dict:
     """AP, AP_r, AP_c, AP_f (fractions in [0, 1]) and per-category AP (-1: no ground truth)
-    of LVIS-format detections, a list or a JSON file (read in `workers` processes); `iou_type`
-    "segm" or "bbox"."""
+    of LVIS-format detections, a list or a JSON file (read in `workers` processes, 0: one per
+    CPU); `iou_type` "segm" or "bbox"."""
     if iou_type not in ("segm", "bbox"):
         raise UserError(f"unknown IoU type {iou_type!r}: use segm or bbox")
     with _cycle_collector_paused():
