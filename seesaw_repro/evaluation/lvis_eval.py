@@ -471,16 +471,14 @@ def precision_per_category(
     sizes = n_dt * n_gt
     entries = _ranges(np.zeros_like(sizes), sizes)
     d, g = np.divmod(entries, np.repeat(n_gt, sizes))
-    dt_index = order[np.repeat(dt_start[di], sizes) + d]
     gt_index = np.repeat(gt_start[gi], sizes) + g
+    in_pairs = _ranges(dt_start[di], n_dt)  # where in `order` the pairs' detections are
     if iou_type == "bbox":
-        iou = _box_iou(dets.box[dt_index], gt.box[gt_index])
+        iou = _box_iou(dets.box[order[np.repeat(dt_start[di], sizes) + d]], gt.box[gt_index])
     else:
-        rows = order[_ranges(dt_start[di], n_dt)]
-        iou = dets.iou[_ranges(dets.iou_start[rows], np.repeat(n_gt, n_dt))]
-    del entries, d, dt_index
+        iou = dets.iou[_ranges(dets.iou_start[order[in_pairs]], np.repeat(n_gt, n_dt))]
+    del entries, d
     found, found_ignored = match(iou, n_dt, n_gt, gt.ignored[gt_index])
-    in_pairs = _ranges(dt_start[di], n_dt)
     matched = np.zeros((len(IOU_THRESHOLDS), len(order)), bool)
     matched[:, in_pairs] = found
     ignored = np.zeros_like(matched)
