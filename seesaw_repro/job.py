@@ -145,8 +145,10 @@ def _train(run: RunDir, launcher: str, gpus: int) -> bool:
         cfg.resume, cfg.load_from = True, str(newest)
     # mmengine's Runner writes the config it runs into the work dir under the file's name,
     # which would overwrite config.py with this attempt's changes; without a name it writes
-    # <timestamp>.py: each attempt's effective config, beside its log folder.
-    runner = Runner.from_cfg(Config(cfg.to_dict()))
+    # <timestamp>.py: each attempt's effective config, beside its log folder. Unformatted:
+    # mmengine puts the config's text in the log and in every checkpoint, and yapf took ~0.5 s
+    # each time (config.py, the run's config, was written formatted once, by `repro`).
+    runner = Runner.from_cfg(Config(cfg.to_dict(), format_python_code=False))
     if cfg.get("seesaw", {}).get("job") in ("test-dev", "evaluate"):
         runner.test()  # a trained model on test-dev, or fitted post hoc; no training
     else:

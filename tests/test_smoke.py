@@ -78,4 +78,4 @@ def test_a_smoke_run_trains_and_evaluates_the_paper_pipeline_on_lvis_shaped_data
     assert all(0.0 <= value <= 100.0 for value in metrics.values())
     assert not (tmp_path / "w" / "runs").exists()
     log = (work / "runs" / run.run_id / "train.log").read_text()
-    assert "Epoch(train) [1][2/2]" in log  # 4 images at 2 per step
+    assert "Epoch(train) [1][1/1]" in log  # 2 images at 2 per step

@@ -618,8 +618,8 @@ def _check_json_object(path: Path) -> None:
 PAPER = PaperPreset()
 
 SMOKE = "-smoke"  # a smoke preset's name: its preset's, and this
-SMOKE_TRAIN_IMAGES = 4  # one epoch of them: 2 iterations at the paper's 2 images per GPU
-SMOKE_EVAL_IMAGES = 4
+SMOKE_TRAIN_IMAGES = 2  # one epoch of them: one iteration at the paper's 2 images per GPU
+SMOKE_EVAL_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -656,7 +656,7 @@ def smoke_config(config: dict) -> None:
     if loop["type"] == "EpochBasedTrainLoop":
         loop.update(max_epochs=1, val_interval=1)
     else:
-        loop.update(max_iters=2, val_interval=2)
+        loop.update(max_iters=1, val_interval=1)
     config["seesaw"]["smoke"] = True
 
 
