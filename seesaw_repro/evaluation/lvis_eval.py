@@ -98,6 +98,12 @@ class GroundTruth:
         category = _index_in(self.category_ids, categories)
         return image, np.where(category < 0, -1, image * len(self.category_ids) + category)
 
+    def instances(self, pair: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the annotations of each pair key start, and how many there are (none for
+        key -1 or a pair without ground truth)."""
+        first = np.searchsorted(self.pair, pair, "left")
+        return first, np.where(pair >= 0, np.searchsorted(self.pair, pair, "right") - first, 0)
+
 
 def _numbers(values: Iterable, whole: bool, field: str) -> np.ndarray:
     """`values` as an array, if each is a JSON number (a whole one if `whole`) and finite:
@@ -292,8 +298,7 @@ def _mask_ious(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each detection's mask IoUs with its pair's ground truth (pycocotools, as lvis-api; no
     crowd), one pycocotools call per pair; the IoUs flat and where each detection's start."""
-    first = np.searchsorted(gt.pair, pair, "left")
-    count = np.where(pair >= 0, np.searchsorted(gt.pair, pair, "right") - first, 0)
+    first, count = gt.instances(pair)
     iou_start = np.cumsum(count) - count
     iou = np.zeros(int(count.sum()))
     needed = np.flatnonzero(count)
@@ -465,16 +470,16 @@ def precision_per_category(
     categories = len(gt.category_ids)
     pair = dets.pair[order]
     dt_keys, dt_start, dt_count = np.unique(pair, return_index=True, return_counts=True)
-    gt_keys, gt_start, gt_count = np.unique(gt.pair, return_index=True, return_counts=True)
-    _, di, gi = np.intersect1d(dt_keys, gt_keys, assume_unique=True, return_indices=True)
-    n_dt, n_gt = dt_count[di], gt_count[gi]
+    gt_start, gt_count = gt.instances(dt_keys)
+    with_gt = gt_count > 0
+    n_dt, n_gt, dt_start = dt_count[with_gt], gt_count[with_gt], dt_start[with_gt]
     sizes = n_dt * n_gt
     entries = _ranges(np.zeros_like(sizes), sizes)
     d, g = np.divmod(entries, np.repeat(n_gt, sizes))
-    gt_index = np.repeat(gt_start[gi], sizes) + g
-    in_pairs = _ranges(dt_start[di], n_dt)  # where in `order` the pairs' detections are
+    gt_index = np.repeat(gt_start[with_gt], sizes) + g
+    in_pairs = _ranges(dt_start, n_dt)  # where in `order` the pairs' detections are
     if iou_type == "bbox":
-        iou = _box_iou(dets.box[order[np.repeat(dt_start[di], sizes) + d]], gt.box[gt_index])
+        iou = _box_iou(dets.box[order[np.repeat(dt_start, sizes) + d]], gt.box[gt_index])
     else:
         iou = dets.iou[_ranges(dets.iou_start[order[in_pairs]], np.repeat(n_gt, n_dt))]
     del entries, d
