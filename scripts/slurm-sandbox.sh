@@ -63,6 +63,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
+# a requeued job starts at a scheduling pass after it is eligible again (passes every 30-60 s
+# by default); every 2 s here, so the tests do not wait
+SchedulerParameters=sched_interval=2,bf_interval=2
 MpiDefault=none
 ReturnToService=2
 SlurmdParameters=config_overrides
