@@ -122,6 +122,19 @@ def test_a_broken_detection_file_is_one_clear_error(case, tmp_path, content, mes
         lvis_eval.evaluate(ann, tmp_path / "dets.json", "bbox")
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_broken_ground_truth_mask_is_named_as_such(case, tmp_path, workers):
+    """Ground-truth masks become RLE where detections need them, in the processes that read
+    the detections: a bad one is the annotation file's error, not a detection's."""
+    ann, dets = case
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["segmentation"] = "a file name, not a mask"
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    annotation = data["annotations"][0]["id"]
+    with pytest.raises(UserError, match=f"annotation {annotation} of the annotation file"):
+        lvis_eval.evaluate(tmp_path / "gt.json", dets, "segm", workers)
+
+
 def test_equal_ious_go_to_the_last_ground_truth_as_in_lvis_api(tmp_path):
     """The first detection overlaps both instances equally (IoU 0.5); lvis-api gives it the
     second, so the second detection, which fits only the second instance, is a false positive
