@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -134,6 +135,26 @@ def test_rich_report_of_all_tables_and_an_unknown_format(work):
         assert f"Table {number}:" in result.stdout
     result = _seesaw("report", "table2", "--format", "docx", cwd=work)
     assert result.returncode == 2 and "unknown --format 'docx'" in result.stderr
+
+
+def test_rich_report_on_an_80_column_screen_loses_no_column_or_number(work):
+    """Cells wrap instead: before, Table 2's MF / CF / NLA columns were squeezed to nothing
+    below ~150 columns and the paper's effect was cut from every cell."""
+    script = Path(sys.executable).parent / "seesaw"
+    result = subprocess.run(
+        [str(script), "report", "table2", "--work-dir", "w"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    assert result.returncode == 0, result.stderr
+    effects = result.stdout.split("What the paper says")[0]
+    assert all(len(line) <= 80 for line in effects.splitlines())
+    assert "┃ MF ┃ CF ┃ NLA ┃" in effects
+    assert effects.count("✓") == 1 + 1 + 2 + 1 + 3  # the rows' components
+    # the full Seesaw row (DONE[5]) against CE (DONE[0]): its effect and the paper's (+2.7)
+    assert "+18.7" in effects and "(+2.7)" in effects
 
 
 def test_collect_gives_one_tidy_row_per_run_row_and_metric(work):

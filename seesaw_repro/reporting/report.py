@@ -407,8 +407,10 @@ def _rich_table(title: str, caption: str, header: list[str], rows: list[list[str
     """A rich table of `rows`, whose cells may hold markup; title, caption and header are
     shown as written."""
     out = RichTable(title=Text(title), caption=Text(caption), show_lines=False)
+    # cells wrap at spaces on a narrow screen; a column keeps its header's width (with
+    # no_wrap, rich squeezed the short columns to nothing and cut the cells' paper effects)
     for name in header:
-        out.add_column(Text(name), overflow="fold", no_wrap=name not in ("claim", "rows"))
+        out.add_column(Text(name), overflow="fold", min_width=len(name))
     out.columns[-1].style = "dim"
     for cells in rows:
         out.add_row(*cells)
