@@ -3,7 +3,10 @@ builds in mmdet, initialises (the paper's backbones from a fake pretrained cache
 forward/backward pass on a small random batch on CPU (96 px images, fewer proposals and sampled
 RoIs than the runs train with: the same model, a cheaper step)."""
 
+import functools
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
@@ -70,35 +73,52 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data, pretr
         models.setdefault(json.dumps(cfg.model.to_dict(), sort_keys=True), _fewer_rois(cfg.model))
     assert len(models) == 49
     assert [type(MODELS.build(wrapper)).__name__ for wrapper in wrappers] == ["InstanceTTAModel"]
-    saved = {}  # pretrained name -> its (fake) weights
-    for model_cfg in models.values():
-        torch.manual_seed(0)
-        model = MODELS.build(model_cfg)
-        model.init_weights()  # the paper's backbones from the (fake) pretrained cache
-        for name in pretrained.names_in(model_cfg.to_dict()):
-            if name not in saved:
-                state = torch.load(pretrained.cache_path(name), weights_only=True)
-                saved[name] = state.get("state_dict", state)
-            conv1 = "stem.0.weight" if "resnest" in name else "conv1.weight"
-            assert torch.equal(model.backbone.state_dict()[conv1], saved[name][conv1])
-        # ResNeSt's split attention normalises pooled 1x1 features: BatchNorm needs two images
-        images = 2 if model_cfg.backbone.type == "ResNeSt" else 1
-        batch = demo_mm_inputs(
-            images,
-            [(3, 96, 96)] * images,
-            num_items=[3] * images,
-            num_classes=num_classes,
-            with_mask=True,
-        )
-        data = model.data_preprocessor(batch, True)
-        total, _ = model.parse_losses(model.loss(data["inputs"], data["data_samples"]))
-        total.backward()
-        assert torch.isfinite(total)
-        heads = model.roi_head.bbox_head
-        last = heads[-1] if isinstance(heads, torch.nn.ModuleList) else heads
-        dual = getattr(last, "dual_cls", None)  # a dual-head fine-tune trains its own
-        classifier = dual["out"] if dual is not None else last.fc_cls
-        assert_learns(classifier.weight)
+    # two processes (spawned: a forked torch can hang in its thread pool): building a model
+    # is one thread's work, mostly torch's default initialisation
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, mp_context=context) as pool:
+        list(pool.map(_build_and_step, models.values(), [num_classes] * len(models)))
+
+
+def _build_and_step(model_cfg, num_classes: int) -> None:
+    """Build the model, initialise it (the paper's backbones from the fake pretrained cache
+    that TORCH_HOME names), take one forward / backward step, and check it reached the
+    classifier."""
+    from seesaw_repro import mmdet_plugin  # noqa: F401  (registers losses, hooks)
+
+    register_all_modules()
+    torch.set_num_threads(1)  # one per process, two processes on two cores
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    for name in pretrained.names_in(model_cfg.to_dict()):
+        conv1 = "stem.0.weight" if "resnest" in name else "conv1.weight"
+        assert torch.equal(model.backbone.state_dict()[conv1], _pretrained(name)[conv1])
+    # ResNeSt's split attention normalises pooled 1x1 features: BatchNorm needs two images
+    images = 2 if model_cfg.backbone.type == "ResNeSt" else 1
+    batch = demo_mm_inputs(
+        images,
+        [(3, 96, 96)] * images,
+        num_items=[3] * images,
+        num_classes=num_classes,
+        with_mask=True,
+    )
+    data = model.data_preprocessor(batch, True)
+    total, _ = model.parse_losses(model.loss(data["inputs"], data["data_samples"]))
+    total.backward()
+    assert torch.isfinite(total)
+    heads = model.roi_head.bbox_head
+    last = heads[-1] if isinstance(heads, torch.nn.ModuleList) else heads
+    dual = getattr(last, "dual_cls", None)  # a dual-head fine-tune trains its own
+    classifier = dual["out"] if dual is not None else last.fc_cls
+    assert_learns(classifier.weight)
+
+
+@functools.cache
+def _pretrained(name: str) -> dict:
+    """The (fake) pretrained weights of `name`, as a model's init_weights reads them."""
+    state = torch.load(pretrained.cache_path(name), weights_only=True)
+    return state.get("state_dict", state)
 
 
 def _fewer_rois(model_cfg):
