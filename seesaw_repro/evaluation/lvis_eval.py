@@ -193,7 +193,7 @@ def load_ground_truth(ann_file: Path, iou_type: str) -> GroundTruth:
     return gt
 
 
-def _rle(segmentation: list | dict, size: tuple[int, int], annotation_id: int) -> dict:
+def _rle(segmentation: list | dict, size: tuple[int, int], annotation_id: int | None) -> dict:
     """An annotation's mask as compressed RLE, from polygons, uncompressed or compressed RLE
     (lvis-api's ann_to_rle)."""
     try:
