@@ -50,9 +50,9 @@ def work(tmp_path):
     return tmp_path
 
 
-def _seesaw(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _seesaw(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "seesaw"
-    return subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([str(script), *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_csv_report_carries_the_metrics_json_values(work):
@@ -140,13 +140,8 @@ def test_rich_report_of_all_tables_and_an_unknown_format(work):
 def test_rich_report_on_an_80_column_screen_loses_no_column_or_number(work):
     """Cells wrap instead: before, Table 2's MF / CF / NLA columns were squeezed to nothing
     below ~150 columns and the paper's effect was cut from every cell."""
-    script = Path(sys.executable).parent / "seesaw"
-    result = subprocess.run(
-        [str(script), "report", "table2", "--work-dir", "w"],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        env={**os.environ, "COLUMNS": "80"},
+    result = _seesaw(
+        "report", "table2", "--work-dir", "w", cwd=work, env={**os.environ, "COLUMNS": "80"}
     )
     assert result.returncode == 0, result.stderr
     effects = result.stdout.split("What the paper says")[0]
