@@ -76,18 +76,22 @@ def test_every_row_builds_and_trains_one_step(preset, tmp_path, tiny_data, pretr
     # two processes (spawned: a forked torch can hang in its thread pool): building a model
     # is one thread's work, mostly torch's default initialisation
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(2, mp_context=context) as pool:
+    with ProcessPoolExecutor(2, mp_context=context, initializer=_start_worker) as pool:
         list(pool.map(_build_and_step, models.values(), [num_classes] * len(models)))
+
+
+def _start_worker() -> None:
+    """A spawned process: mmdet's and this suite's modules registered, one thread."""
+    from seesaw_repro import mmdet_plugin  # noqa: F401  (registers losses, hooks)
+
+    register_all_modules()
+    torch.set_num_threads(1)  # one per process, two processes on two cores
 
 
 def _build_and_step(model_cfg, num_classes: int) -> None:
     """Build the model, initialise it (the paper's backbones from the fake pretrained cache
     that TORCH_HOME names), take one forward / backward step, and check it reached the
     classifier."""
-    from seesaw_repro import mmdet_plugin  # noqa: F401  (registers losses, hooks)
-
-    register_all_modules()
-    torch.set_num_threads(1)  # one per process, two processes on two cores
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
     model.init_weights()

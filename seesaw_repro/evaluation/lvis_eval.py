@@ -314,10 +314,11 @@ def _mask_ious(
     needed = np.flatnonzero(count)
     by_pair = needed[np.argsort(pair[needed], kind="stable")]
     for dts in np.split(by_pair, np.flatnonzero(_starts(pair[by_pair]))[1:]) if len(needed) else []:
-        gts = [_rle(*gt.masks[k]) for k in range(first[dts[0]], first[dts[0]] + count[dts[0]])]
+        start, n = first[dts[0]], count[dts[0]]
+        gts = [_rle(*gt.masks[k]) for k in range(start, start + n)]
         masks = [batch[i]["segmentation"] for i in dts]
         try:
-            rows = mask_utils.iou(masks, gts, [0] * count[dts[0]])
+            rows = mask_utils.iou(masks, gts, [0] * n)
         except Exception as error:  # pycocotools raises plain Exceptions on bad masks
             raise UserError(
                 f"a detection's segmentation is not a mask in RLE ({error}), as LVIS results "
